@@ -1,0 +1,1 @@
+"""Hardware-in-the-loop battery simulator: a BESS behind an inverter, over Modbus TCP and MQTT."""
