@@ -1,0 +1,1 @@
+"""Phoenyra BESS wire contracts, generated from the .proto files beside this package."""

@@ -1,0 +1,1 @@
+"""EdgeLink v1: the gRPC contract between edge agent and control plane (see edgelink.proto)."""
