@@ -176,17 +176,22 @@ def step(spec: BatterySpec, state: BatteryState, dt_s: float) -> StepResult:
     target = max(-spec.max_charge_kw, min(spec.max_discharge_kw, setpoint))
     if alarms & {Alarm.OVER_TEMPERATURE}:
         target = 0.0
-    # A small band at each end keeps self-discharge from toggling the alarm every step.
+    # The first approach runs into the bound (the step is truncated to land on it exactly); once
+    # there, a small band keeps self-discharge from restarting the charger every step.
     band = spec.capacity_kwh * BMS_BAND_FRACTION
-    if target < 0 and state.energy_kwh >= spec.capacity_kwh - band:
+    full_at = spec.capacity_kwh - (band if Alarm.SOC_FULL in alarms else 0.0)
+    empty_at = band if Alarm.SOC_EMPTY in alarms else 0.0
+    if target < 0 and state.energy_kwh >= full_at:
         target = 0.0
         alarms.add(Alarm.SOC_FULL)
-    elif target > 0 and state.energy_kwh <= band:
+    elif target > 0 and state.energy_kwh <= empty_at:
         target = 0.0
         alarms.add(Alarm.SOC_EMPTY)
-    if target >= 0:
+    # The alarm stays while the controller keeps asking for the blocked direction (judged on
+    # its setpoint: the BMS-clamped target is 0 exactly while the alarm is meant to show).
+    if setpoint >= 0:
         alarms.discard(Alarm.SOC_FULL)
-    if target <= 0:
+    if setpoint <= 0:
         alarms.discard(Alarm.SOC_EMPTY)
 
     ramp = spec.ramp_kw_per_s * dt_s if spec.ramp_kw_per_s > 0 else None
@@ -195,6 +200,13 @@ def step(spec: BatterySpec, state: BatteryState, dt_s: float) -> StepResult:
     # Energy: the AC power is held for the whole step (explicit Euler on piecewise-constant P).
     hours = dt_s / SECONDS_PER_HOUR
     energy = state.energy_kwh
+    # Self-discharge first (exponential decay of the stored energy), so that a step the BMS
+    # truncates lands exactly on full or empty.
+    lost = 0.0
+    if spec.self_discharge_pct_per_day > 0 and dt_s > 0:
+        k = -math.log(1.0 - spec.self_discharge_pct_per_day / 100.0) / SECONDS_PER_DAY
+        lost = energy * (1.0 - math.exp(-k * dt_s))
+        energy -= lost
     charged = discharged = 0.0
     if power > 0:
         needed = power * hours / spec.discharge_efficiency
@@ -220,12 +232,6 @@ def step(spec: BatterySpec, state: BatteryState, dt_s: float) -> StepResult:
         energy += stored
         power = power_out
 
-    # Self-discharge: exponential decay of the stored energy.
-    lost = 0.0
-    if spec.self_discharge_pct_per_day > 0 and dt_s > 0:
-        k = -math.log(1.0 - spec.self_discharge_pct_per_day / 100.0) / SECONDS_PER_DAY
-        lost = energy * (1.0 - math.exp(-k * dt_s))
-        energy -= lost
     energy = min(spec.capacity_kwh, max(0.0, energy))
 
     # Thermal: first-order lag towards the steady state for the power held in this step.

@@ -122,6 +122,11 @@ class Simulator:
         self.sync()
         self.controller_heartbeat = value
 
+    def set_revert_timeout_s(self, seconds: float) -> None:
+        """A controller changes the revert timeout (SunSpec ``InOutWRte_RvrtTms``); 0 = never."""
+        self.sync()
+        self.spec = replace(self.spec, revert_timeout_s=seconds)
+
     def inject(self, fault: Fault) -> None:
         self.sync()
         if fault.start is None:
@@ -134,7 +139,7 @@ class Simulator:
         unknown = [n for n in names if n not in QUANTITIES]
         if unknown:
             raise ValueError(f"unknown quantity {unknown}; choose from: {', '.join(QUANTITIES)}")
-        if fault.kind is FaultKind.FREEZE:
+        if fault.kind is FaultKind.FREEZE and fault.active(self.state.timestamp):
             self._frozen = self._measure_raw()
         self.faults.inject(fault)
         log.warning("fault injected: %s %s", fault.kind.value, fault.params or "")
@@ -155,7 +160,7 @@ class Simulator:
         s = self.state
         alarms = set(s.alarms)
         lo, hi = FREQ_NORMAL_BAND_HZ
-        if not lo <= self.frequency_hz <= hi:
+        if not lo < self.frequency_hz < hi:  # at the limit counts: a 49.8 Hz dip alarms
             alarms.add(Alarm.FREQUENCY_DEVIATION)
         return Measurements(
             timestamp=s.timestamp,
@@ -179,10 +184,12 @@ class Simulator:
         m = self._measure_raw()
         now = m.timestamp
         freeze = self.faults.active(FaultKind.FREEZE, now)
-        if freeze and self._frozen is not None:
+        if freeze:
+            if self._frozen is None:  # a scheduled freeze freezes what it finds at its start
+                self._frozen = m
             names = freeze.param("quantities") or QUANTITIES
             m = replace(m, **{n: getattr(self._frozen, n) for n in names})
-        elif not freeze:
+        else:
             self._frozen = None
         bad = self.faults.active(FaultKind.OUT_OF_RANGE, now)
         if bad:
