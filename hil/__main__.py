@@ -1,0 +1,5 @@
+"""``python -m hil`` = ``bess-hil``."""
+
+from .cli import main
+
+raise SystemExit(main())
