@@ -27,7 +27,8 @@ Bindings (exactly one per point; a point without one reads "not implemented")::
     control: out_w_rte | ...             what a write does (ControlKind); reads show its state
     sf_fit: {spec: [...], units: W}      a scale factor fitted to the nameplate at start-up
 
-Encoding rules (``encode``/``decode``):
+Encoding rules (``encode``/``decode``, from ``edge_agent.modbus_codec``, which the agent's
+Modbus source decodes with too):
 
 - engineering value = raw x ``scale``, or raw x 10^SF for ``sf: <point>``;
 - integers are rounded to the nearest raw value and **saturated** to the type's range, so a
@@ -59,232 +60,37 @@ from pydantic import (
     model_validator,
 )
 
+# The value <-> registers codec is shared with the agent, so both sides follow one set of rules.
+from edge_agent.modbus_codec import (
+    MAX_WRITE_REGISTERS,
+    TYPES,
+    Order,
+    PointType,
+    TypeInfo,
+    bytes_to_registers,
+    decode,
+    encode,
+    registers_of,
+    to_raw,
+)
+from edge_agent.modbus_codec import decode_raw as decode_raw
+from edge_agent.modbus_codec import raw_value as raw_value
+
 from .model import Alarm, BatterySpec, BatteryStatus
 from .sim import FREQ_NORMAL_BAND_HZ, Measurements
 
 MAPS_DIR = Path(__file__).with_name("maps")
 SUNSPEC_MARKER = (0x5375, 0x6E53)  # "SunS"
 SUNSPEC_END_MODEL = 0xFFFF
-MAX_REGISTERS_PER_POINT = 123  # what one write-multiple request can carry
+MAX_REGISTERS_PER_POINT = MAX_WRITE_REGISTERS  # what one write-multiple request can carry
 
 Table = Literal["holding", "input"]
 Access = Literal["r", "rw"]
-Order = Literal["big", "little"]
 Value = int | float | str
 
 
 class RegisterMapError(ValueError):
     """A map file that cannot be served; the message names the point, the field and the fix."""
-
-
-# -- types ----------------------------------------------------------------------------------
-
-
-class PointType(StrEnum):
-    INT16 = "int16"
-    UINT16 = "uint16"
-    INT32 = "int32"
-    UINT32 = "uint32"
-    INT64 = "int64"
-    UINT64 = "uint64"
-    FLOAT32 = "float32"
-    FLOAT64 = "float64"
-    ACC16 = "acc16"
-    ACC32 = "acc32"
-    ACC64 = "acc64"
-    ENUM16 = "enum16"
-    ENUM32 = "enum32"
-    BITFIELD16 = "bitfield16"
-    BITFIELD32 = "bitfield32"
-    SUNSSF = "sunssf"
-    PAD = "pad"
-    STRING = "string"
-
-
-@dataclass(frozen=True)
-class TypeInfo:
-    name: PointType
-    registers: int  # 0 = given by the point's ``size`` (strings)
-    kind: Literal["int", "float", "string"]
-    fmt: str  # struct format character
-    na: int | float | None  # SunSpec "not implemented" raw value
-    wraps: bool = False  # accumulators roll over instead of saturating
-
-    @property
-    def bits(self) -> int:
-        return 16 * self.registers
-
-    @property
-    def signed(self) -> bool:
-        return self.fmt.islower()
-
-    def int_range(self, *, avoid_na: bool = False) -> tuple[int, int]:
-        """Smallest and largest raw integer; with ``avoid_na`` the NA marker is excluded."""
-        if self.signed:
-            lo, hi = -(1 << (self.bits - 1)), (1 << (self.bits - 1)) - 1
-        else:
-            lo, hi = 0, (1 << self.bits) - 1
-        if avoid_na and not self.wraps:
-            if self.na == lo:
-                lo += 1
-            elif self.na == hi:
-                hi -= 1
-        return lo, hi
-
-
-TYPES: dict[PointType, TypeInfo] = {
-    t.name: t
-    for t in (
-        TypeInfo(PointType.INT16, 1, "int", "h", -0x8000),
-        TypeInfo(PointType.UINT16, 1, "int", "H", 0xFFFF),
-        TypeInfo(PointType.INT32, 2, "int", "i", -0x80000000),
-        TypeInfo(PointType.UINT32, 2, "int", "I", 0xFFFFFFFF),
-        TypeInfo(PointType.INT64, 4, "int", "q", -(1 << 63)),
-        TypeInfo(PointType.UINT64, 4, "int", "Q", (1 << 64) - 1),
-        TypeInfo(PointType.FLOAT32, 2, "float", "f", math.nan),
-        TypeInfo(PointType.FLOAT64, 4, "float", "d", math.nan),
-        TypeInfo(PointType.ACC16, 1, "int", "H", 0, wraps=True),
-        TypeInfo(PointType.ACC32, 2, "int", "I", 0, wraps=True),
-        TypeInfo(PointType.ACC64, 4, "int", "Q", 0, wraps=True),
-        TypeInfo(PointType.ENUM16, 1, "int", "H", 0xFFFF),
-        TypeInfo(PointType.ENUM32, 2, "int", "I", 0xFFFFFFFF),
-        TypeInfo(PointType.BITFIELD16, 1, "int", "H", 0xFFFF),
-        TypeInfo(PointType.BITFIELD32, 2, "int", "I", 0xFFFFFFFF),
-        TypeInfo(PointType.SUNSSF, 1, "int", "h", -0x8000),
-        TypeInfo(PointType.PAD, 1, "int", "H", 0x8000),
-        TypeInfo(PointType.STRING, 0, "string", "s", 0),
-    )
-}
-
-
-def _words(data: bytes, word_order: Order, byte_order: Order) -> list[int]:
-    regs = [(data[i] << 8) | data[i + 1] for i in range(0, len(data), 2)]
-    if byte_order == "little":
-        regs = [((r & 0xFF) << 8) | (r >> 8) for r in regs]
-    if word_order == "little":
-        regs.reverse()
-    return regs
-
-
-def _bytes(registers: Sequence[int], word_order: Order, byte_order: Order) -> bytes:
-    regs = list(registers)
-    if word_order == "little":
-        regs.reverse()
-    if byte_order == "little":
-        regs = [((r & 0xFF) << 8) | (r >> 8) for r in regs]
-    return b"".join(struct.pack(">H", r & 0xFFFF) for r in regs)
-
-
-def raw_value(
-    value: float | str, ptype: PointType, *, multiplier: float = 1.0, avoid_na: bool = False
-) -> int | float | str:
-    """Engineering value -> the raw number the registers hold (rounded, saturated, wrapped)."""
-    info = TYPES[ptype]
-    if info.kind == "string":
-        return str(value)
-    if isinstance(value, str):
-        raise TypeError(f"{ptype.value} cannot hold text {value!r}")
-    lo, hi = info.int_range(avoid_na=avoid_na) if info.kind == "int" else (0, 0)
-    return _to_raw(value, info, multiplier, lo, hi)
-
-
-def _to_raw(value: float, info: TypeInfo, multiplier: float, lo: int, hi: int) -> int | float:
-    scaled: int | float
-    if isinstance(value, int) and multiplier == 1.0:
-        scaled = value  # exact, even for 64-bit counters and bitfields
-    else:
-        scaled = float(value) / multiplier
-    if info.kind == "float":
-        return float(scaled)
-    if math.isnan(scaled):
-        return int(info.na or 0)
-    if info.wraps:
-        if math.isinf(scaled):
-            return hi if scaled > 0 else 0
-        return round(scaled) % (1 << info.bits)
-    if scaled >= hi:
-        return hi
-    if scaled <= lo:
-        return lo
-    return round(scaled)
-
-
-def registers_of(
-    raw: int | float | str,
-    ptype: PointType,
-    *,
-    size: int | None = None,
-    word_order: Order = "big",
-    byte_order: Order = "big",
-) -> list[int]:
-    """The registers for a raw value (already scaled and within range for integer types)."""
-    info = TYPES[ptype]
-    if info.kind == "string":
-        if size is None:
-            raise ValueError("a string needs its size in registers")
-        data = str(raw).encode("utf-8")[: 2 * size].ljust(2 * size, b"\0")
-        # Strings are character sequences: only the byte order within a register applies.
-        return _words(data, "big", byte_order)
-    if info.kind == "float":
-        try:
-            data = struct.pack(f">{info.fmt}", float(raw))
-        except OverflowError:
-            data = struct.pack(f">{info.fmt}", math.copysign(math.inf, float(raw)))
-    else:
-        data = struct.pack(f">{info.fmt}", int(raw))
-    return _words(data, word_order, byte_order)
-
-
-def encode(
-    value: float | str,
-    ptype: PointType | str,
-    *,
-    size: int | None = None,
-    word_order: Order = "big",
-    byte_order: Order = "big",
-    multiplier: float = 1.0,
-    avoid_na: bool = False,
-) -> list[int]:
-    """Engineering value -> registers (``multiplier`` = scale or 10^SF)."""
-    ptype = PointType(ptype)
-    raw = raw_value(value, ptype, multiplier=multiplier, avoid_na=avoid_na)
-    return registers_of(raw, ptype, size=size, word_order=word_order, byte_order=byte_order)
-
-
-def decode_raw(
-    registers: Sequence[int],
-    ptype: PointType | str,
-    *,
-    word_order: Order = "big",
-    byte_order: Order = "big",
-) -> int | float | str:
-    """Registers -> the raw number (or text) they hold."""
-    info = TYPES[PointType(ptype)]
-    if info.kind == "string":
-        data = _bytes(registers, "big", byte_order)
-        return data.rstrip(b"\0").decode("utf-8", errors="replace")
-    if len(registers) != info.registers:
-        raise ValueError(
-            f"{info.name.value} takes {info.registers} registers, got {len(registers)}"
-        )
-    data = _bytes(registers, word_order, byte_order)
-    raw: int | float = struct.unpack(f">{info.fmt}", data)[0]
-    return raw
-
-
-def decode(
-    registers: Sequence[int],
-    ptype: PointType | str,
-    *,
-    word_order: Order = "big",
-    byte_order: Order = "big",
-    multiplier: float = 1.0,
-) -> float | str:
-    """Registers -> engineering value (raw x multiplier)."""
-    raw = decode_raw(registers, ptype, word_order=word_order, byte_order=byte_order)
-    if isinstance(raw, str):
-        return raw
-    return raw * multiplier
 
 
 # -- quantities and units -------------------------------------------------------------------
@@ -744,14 +550,14 @@ class Point:
                 return na
             if isinstance(value, str):
                 raise TypeError(f"{self.name} ({info.name.value}) cannot hold text {value!r}")
-            raw = _to_raw(value, info, multiplier, lo, hi)
+            raw = to_raw(value, info, multiplier, lo, hi)
             if one_register:
                 return [int(raw) & 0xFFFF]
             try:
                 data = packer.pack(raw)
             except OverflowError:  # beyond float32
                 data = packer.pack(math.copysign(math.inf, raw))
-            return _words(data, word_order, byte_order)
+            return bytes_to_registers(data, word_order, byte_order)
 
         return encode_number
 
