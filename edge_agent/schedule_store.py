@@ -268,6 +268,7 @@ class ScheduleStore:
             conn.execute("PRAGMA busy_timeout = 5000")
             self._open_schema(conn)
             self._held = self._load(conn)
+            self._data_version = self._version_of(conn)
         except sqlite3.DatabaseError as exc:
             conn.close()
             raise ScheduleStoreError(f"{self.path} is not a usable schedule store: {exc}") from exc
@@ -413,9 +414,31 @@ class ScheduleStore:
 
     # -- reads -----------------------------------------------------------------------------
 
+    def refresh(self) -> bool:
+        """Reload if another process (``bess-edge schedule set``) committed to the file.
+
+        ``PRAGMA data_version`` changes only on other connections' commits, so this costs one
+        cheap query when nothing changed. Returns whether it reloaded.
+        """
+        conn = self._conn
+        if conn is None:
+            return False
+        version = self._version_of(conn)
+        if version == self._data_version:
+            return False
+        self._held = self._load(conn)
+        self._data_version = version
+        log.info("schedule store reloaded: changed by another process")
+        return True
+
+    @staticmethod
+    def _version_of(conn: sqlite3.Connection) -> int:
+        return int(conn.execute("PRAGMA data_version").fetchone()[0])
+
     def current(self, now: float | None = None) -> Schedule | None:
         """The schedule in force at now (precedence cli > file > plane); None = hold 0 kW."""
         now = self._clock() if now is None else now
+        self.refresh()
         for source in PRECEDENCE:
             held = self._in_force(source, now)
             if held is not None:

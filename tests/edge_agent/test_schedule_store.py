@@ -314,3 +314,28 @@ def test_shares_a_file_with_the_outbox(path: Path) -> None:
     with Outbox(path) as outbox, ScheduleStore(path, site_id=SITE) as store:
         assert outbox.last_seq("telemetry") == 1
         assert store.latest_version() == 1
+
+
+def test_a_running_store_sees_schedules_written_by_another_process(tmp_path) -> None:
+    """`bess-edge schedule set` writes through its own connection while the agent runs."""
+    path = tmp_path / "schedules.sqlite"
+    t0 = 1_767_225_600.0  # a quarter-hour boundary
+    agent_side = ScheduleStore(path, site_id="s1", clock=lambda: t0)
+    assert agent_side.current(t0) is None
+    cli_side = ScheduleStore(path, site_id="s1", clock=lambda: t0)
+    cli_schedule = Schedule(
+        site_id="s1",
+        version=cli_side.next_version(ScheduleSource.CLI),
+        created_at=t0,
+        valid_from=t0,
+        valid_until=t0 + 900,
+        interval_s=900,
+        intervals=((t0, 25.0),),
+        source=ScheduleSource.CLI,
+    )
+    assert cli_side.save(cli_schedule, now=t0).outcome.value == "accepted"
+    cli_side.close()
+    current = agent_side.current(t0)
+    assert current is not None and current.setpoint_at(t0) == 25.0
+    assert not agent_side.refresh()  # nothing new: no reload
+    agent_side.close()

@@ -274,6 +274,24 @@ class _EventKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventKind.V
     """Agent and plane clocks disagree beyond the threshold."""
     EVENT_KIND_SETPOINT_REVERTED: _EventKind.ValueType  # 16
     """The battery reverted to 0 kW because the agent stopped refreshing its setpoint."""
+    EVENT_KIND_FALLBACK_ENGAGED: _EventKind.ValueType  # 17
+    """No command or schedule interval applies (or the plane is silent): the agent runs the
+    configured fallback (0 kW by default). details["cause"] says why.
+    """
+    EVENT_KIND_FALLBACK_RELEASED: _EventKind.ValueType  # 18
+    """A command or schedule interval applies again."""
+    EVENT_KIND_SETPOINT_DEVIATION: _EventKind.ValueType  # 19
+    """The device's measured power differs from the setpoint written beyond the tolerance for
+    longer than the grace time: requested_kw = written, applied_kw = measured.
+    """
+    EVENT_KIND_SETPOINT_DEVIATION_CLEARED: _EventKind.ValueType  # 20
+    """The device follows its setpoint again."""
+    EVENT_KIND_DEVICE_WRITE_FAILED: _EventKind.ValueType  # 21
+    """Writing the setpoint to the device failed (it is retried every control tick)."""
+    EVENT_KIND_DEVICE_WRITE_RECOVERED: _EventKind.ValueType  # 22
+    """Writing the setpoint to the device works again."""
+    EVENT_KIND_COMMAND_ENDED: _EventKind.ValueType  # 23
+    """A command's override ended (expired or cleared): command_id."""
 
 class EventKind(_EventKind, metaclass=_EventKindEnumTypeWrapper):
     """EventKind says what happened; Event fields that apply to the kind are named beside it."""
@@ -311,6 +329,24 @@ EVENT_KIND_CLOCK_SKEW: EventKind.ValueType  # 15
 """Agent and plane clocks disagree beyond the threshold."""
 EVENT_KIND_SETPOINT_REVERTED: EventKind.ValueType  # 16
 """The battery reverted to 0 kW because the agent stopped refreshing its setpoint."""
+EVENT_KIND_FALLBACK_ENGAGED: EventKind.ValueType  # 17
+"""No command or schedule interval applies (or the plane is silent): the agent runs the
+configured fallback (0 kW by default). details["cause"] says why.
+"""
+EVENT_KIND_FALLBACK_RELEASED: EventKind.ValueType  # 18
+"""A command or schedule interval applies again."""
+EVENT_KIND_SETPOINT_DEVIATION: EventKind.ValueType  # 19
+"""The device's measured power differs from the setpoint written beyond the tolerance for
+longer than the grace time: requested_kw = written, applied_kw = measured.
+"""
+EVENT_KIND_SETPOINT_DEVIATION_CLEARED: EventKind.ValueType  # 20
+"""The device follows its setpoint again."""
+EVENT_KIND_DEVICE_WRITE_FAILED: EventKind.ValueType  # 21
+"""Writing the setpoint to the device failed (it is retried every control tick)."""
+EVENT_KIND_DEVICE_WRITE_RECOVERED: EventKind.ValueType  # 22
+"""Writing the setpoint to the device works again."""
+EVENT_KIND_COMMAND_ENDED: EventKind.ValueType  # 23
+"""A command's override ended (expired or cleared): command_id."""
 Global___EventKind: _TypeAlias = EventKind  # noqa: Y015
 
 class _GuardReason:

@@ -1,0 +1,5 @@
+"""``python -m edge_agent`` = ``bess-edge``."""
+
+from .cli import main
+
+raise SystemExit(main())
