@@ -26,8 +26,8 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m hil serve --preset sunspec --host 127.0.0.1 --port $(DEMO_MODBUS_PORT) \
-		--control-port $(DEMO_CONTROL_PORT) --demo-controller
+	$(BIN)/python deploy/demo/demo.py --modbus-port $(DEMO_MODBUS_PORT) \
+		--control-port $(DEMO_CONTROL_PORT)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

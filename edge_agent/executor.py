@@ -620,7 +620,9 @@ class Executor:
             self._write_recovered(now)
         self._write_ok = True
         if written is None or abs(applied_kw - written) > _TOL_KW:
-            self._new_setpoint(previous=written, new=applied_kw, now=now)
+            # Judged from when the write landed: a poll already in flight while we waited for
+            # the connection shows the old setpoint and must not count as a mismatch.
+            self._new_setpoint(previous=written, new=applied_kw, now=max(now, self._clock()))
         self._written_kw = applied_kw
         self._write_at = now
 

@@ -7,8 +7,8 @@ the AC side.
 Rules, in the order they act on a requested setpoint:
 
 1. **Hard zero** (the output is 0 kW at once, no ramp): a non-finite request, a Stop command,
-   stale / missing / non-finite SoC or power telemetry (or temperature, once a sensor reports or
-   when ``require_temperature``), temperature at or above ``temp_stop_c``.
+   stale / missing / non-finite SoC or power telemetry (or temperature, once a sensor has reported
+   or when ``require_temperature``), temperature at or above ``temp_stop_c``.
 2. **Ramp** (``ramp_kw_per_s`` > 0): the request is moved at most ``ramp * dt`` from the previous
    output, ``dt`` being the injected time since the previous call (a time leap allows a big
    change). The first call ramps from the measured battery power.
@@ -32,8 +32,10 @@ default 300 s a 1C battery tapers over the last 8.3 % of SoC. Hysteresis: once t
 below the floor, discharge stays blocked until it rises above floor + ``soc_hysteresis_pct``
 (likewise at the ceiling), so readings jittering around the limit do not toggle the battery.
 
-Every intervention is counted per reason on every call; an event (and one log line) is produced
-only when the set of active reasons changes or clears.
+Reasons: a hard-zero condition is reported whenever it is active, even for a 0 kW request (the
+guard is holding the battery); a limit or the ramp only when it changed the request, and then the
+rules the output sits on. Every intervention is counted per reason on every call; an event (and
+one log line) is produced only when the set of active reasons changes or clears.
 """
 
 from __future__ import annotations
@@ -221,6 +223,7 @@ class SafetyGuard:
         self._floor_latched = False
         self._ceiling_latched = False
         self._stop_reason: str | None = None
+        self._temperature_seen = False  # a sensor that reported once must keep reporting
         self._last_applied_kw = 0.0
         self._last_at: float | None = None
         self._active: frozenset[GuardReason] = frozenset()
@@ -306,7 +309,8 @@ class SafetyGuard:
                     soc_problem = f"SoC reading {telemetry.soc_pct.value!r} % outside 0 to 100 %"
             power_problem = _reading_problem("power", telemetry.power_kw, now, limits.stale_after_s)
             temp_problem: str | None = None
-            if telemetry.temperature_c is not None or limits.require_temperature:
+            self._temperature_seen |= telemetry.temperature_c is not None
+            if self._temperature_seen or limits.require_temperature:
                 temp_problem = _reading_problem(
                     "temperature", telemetry.temperature_c, now, limits.stale_after_s
                 )

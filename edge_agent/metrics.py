@@ -161,6 +161,14 @@ class AgentMetrics(Collector):
         for reason, count in agent.guard.counters.items():
             guard.add_metric([reason.value], count)
         yield guard
+        active = GaugeMetricFamily(
+            "bess_edge_guard_active",
+            "1 for each reason the guard is changing the setpoint for right now",
+            labels=["reason"],
+        )
+        for reason in agent.guard.counters:
+            active.add_metric([reason.value], 1.0 if reason in agent.guard.active_reasons else 0.0)
+        yield active
         stopped = GaugeMetricFamily("bess_edge_stopped", "1 while a stop order is in force")
         stopped.add_metric([], 1.0 if agent.guard.stop_reason is not None else 0.0)
         yield stopped

@@ -924,6 +924,9 @@ class ModbusSource:
             if batch.key in self._split and len(batch.points) > 1:
                 queue[0:0] = split_batch(batch)
                 continue
+            # A value is stamped with the moment its request was sent: it cannot be older
+            # than that, and a write that landed before it is certainly reflected in it.
+            sent_at = self._clock()
             try:
                 regs = await self.io.read_registers(
                     batch.table, batch.address, batch.count, unit_id=batch.unit_id
@@ -954,8 +957,7 @@ class ModbusSource:
                 first_error = first_error or exc
                 continue
             self._once.cleared(f"batch:{batch.key}", "Modbus: %s reads again", batch.key)
-            now = self._clock()
-            self._decode_batch(batch, regs, now, results)
+            self._decode_batch(batch, regs, sent_at, results)
         return results, first_error
 
     def _decode_batch(

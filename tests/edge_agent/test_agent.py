@@ -51,7 +51,7 @@ def _config(tmp_path: Path, modbus_port: int, plane: str, **overrides: object) -
     return SiteConfig.model_validate(raw)
 
 
-async def _until(predicate, *, timeout: float = 5.0, what: str = "condition") -> None:
+async def _until(predicate, *, timeout: float = 20.0, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:

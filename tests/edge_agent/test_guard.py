@@ -342,7 +342,7 @@ def test_stale_missing_or_invalid_telemetry_means_zero() -> None:
             Step(6, 50.0, 50.0, 0.0, stale, age_s=-60.0),  # stamped a minute in the future
             Step(7, 50.0, 50.0, 0.0, stale, temp=NAN),  # a sensor that reports must make sense
             Step(8, 0.0, None, 0.0, stale),  # reported even while idle
-            Step(9, 50.0, 50.0, 50.0),  # back: no ramp configured, straight to the request
+            Step(9, 50.0, 50.0, 50.0, temp=30.0),  # back (no ramp): straight to the request
         ],
     )
     assert "SoC reading 10.5 s old (limit 10 s)" in decisions[1].detail
@@ -351,10 +351,19 @@ def test_stale_missing_or_invalid_telemetry_means_zero() -> None:
     assert "outside 0 to 100 %" in decisions[5].detail
 
 
-def test_missing_temperature_is_fine_unless_required() -> None:
-    run(SafetyGuard(limits()), [Step(0, 50.0, 50.0, 50.0, temp=None)])
+def test_missing_temperature_is_fine_unless_required_or_the_sensor_went_silent() -> None:
+    stale = frozenset({R.STALE_TELEMETRY})
+    decisions = run(
+        SafetyGuard(limits()),
+        [
+            Step(0, 50.0, 50.0, 50.0, temp=None),  # no sensor at this site
+            Step(1, 50.0, 50.0, 50.0, temp=30.0),
+            Step(2, 50.0, 50.0, 0.0, stale, temp=None),  # it reported once: must keep reporting
+        ],
+    )
+    assert "temperature reading missing" in decisions[2].detail
     required = SafetyGuard(limits(require_temperature=True))
-    decision = run(required, [Step(0, 50.0, 50.0, 0.0, frozenset({R.STALE_TELEMETRY}))])[0]
+    decision = run(required, [Step(0, 50.0, 50.0, 0.0, stale)])[0]
     assert "temperature reading missing" in decision.detail
 
 

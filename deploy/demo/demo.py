@@ -1,0 +1,191 @@
+"""`make demo`: the HIL battery and an edge agent in front of it, with a live status line.
+
+Run from the repository root: `python deploy/demo/demo.py`. Ctrl-C stops everything (the
+agent writes 0 kW to the battery on its way out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from edge_agent.config import load_config
+from edge_agent.schedule_store import Schedule, ScheduleSource, ScheduleStore
+
+ROOT = Path(__file__).resolve().parents[2]
+SITE_FILE = Path(__file__).with_name("edge-site.yaml")
+PATTERN_KW = (-80.0, -80.0, 0.0, 80.0, 80.0, 0.0)  # charge, charge, hold, discharge, ...
+QUARTER_S = 900
+
+
+def _load_demo_schedule(site_file: Path) -> int:
+    config = load_config(site_file)
+    config.storage.data_dir.mkdir(parents=True, exist_ok=True)
+    now = time.time()
+    start = now - now % QUARTER_S
+    intervals = tuple(
+        (start + i * QUARTER_S, PATTERN_KW[i % len(PATTERN_KW)]) for i in range(4 * 6)
+    )
+    with ScheduleStore(config.storage.schedules_path, site_id=config.site_id) as store:
+        version = store.next_version(ScheduleSource.FILE)
+        result = store.save(
+            Schedule(
+                site_id=config.site_id,
+                version=version,
+                created_at=now,
+                valid_from=start,
+                valid_until=start + len(intervals) * QUARTER_S,
+                interval_s=QUARTER_S,
+                intervals=intervals,
+                source=ScheduleSource.FILE,
+            ),
+            now=now,
+        )
+    if result.outcome.value != "accepted":
+        raise SystemExit(f"demo schedule refused: {result.detail}")
+    return version
+
+
+def _metric(body: str, name: str, labels: str = "") -> float | None:
+    match = re.search(rf"^{re.escape(name + labels)} (\S+)$", body, re.MULTILINE)
+    return float(match.group(1)) if match else None
+
+
+def _status_line(metrics_url: str) -> str:
+    try:
+        with urllib.request.urlopen(metrics_url, timeout=2) as reply:  # noqa: S310 - loopback
+            body = reply.read().decode()
+    except OSError as exc:
+        return f"agent metrics not reachable yet ({exc.__class__.__name__})"
+
+    def fmt(value: float | None, spec: str) -> str:
+        return "   -  " if value is None else format(value, spec)
+
+    soc = _metric(body, "bess_edge_soc_percent")
+    power = _metric(body, "bess_edge_active_power_kw")
+    requested = _metric(body, "bess_edge_setpoint_requested_kw")
+    applied = _metric(body, "bess_edge_setpoint_applied_kw")
+    temp = _metric(body, "bess_edge_temperature_celsius")
+    freq = _metric(body, "bess_edge_grid_frequency_hertz")
+    queued = _metric(body, "bess_edge_outbox_rows", '{stream="telemetry"}')
+    active_reasons = re.findall(r'^bess_edge_guard_active\{reason="(\w+)"\} 1\.0$', body, re.M)
+    active = ",".join(active_reasons) or "-"
+    return (
+        f"{time.strftime('%H:%M:%S')}  SoC {fmt(soc, '5.1f')} %  P {fmt(power, '+6.1f')} kW  "
+        f"asked {fmt(requested, '+6.1f')} → set {fmt(applied, '+6.1f')} kW  "
+        f"T {fmt(temp, '4.1f')} °C  f {fmt(freq, '6.3f')} Hz  "
+        f"queued {fmt(queued, '.0f')}  guard {active}"
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--modbus-port", type=int, default=5020)
+    parser.add_argument("--control-port", type=int, default=5021)
+    parser.add_argument("--speed", type=float, default=10.0, help="simulated time speed-up")
+    args = parser.parse_args()
+
+    config = load_config(SITE_FILE)
+    version = _load_demo_schedule(SITE_FILE)
+    python = sys.executable
+    hil = subprocess.Popen(  # noqa: S603 - our own module
+        [
+            python,
+            "-m",
+            "hil",
+            "serve",
+            "--preset",
+            "sunspec",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(args.modbus_port),
+            "--control-port",
+            str(args.control_port),
+            "--speed",
+            str(args.speed),
+            # In simulated seconds: 600 s at 10x is a minute of wall time, well above the
+            # agent's 5 s refresh, so the battery only reverts when the agent is gone.
+            "--revert-timeout-s",
+            "600",
+            "--soc",
+            "50",
+            "--no-live",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        start_new_session=True,  # Ctrl-C reaches only us: we stop the agent first
+    )
+    time.sleep(1.5)
+    if hil.poll() is not None:
+        print(
+            f"the simulator did not start (exit {hil.returncode}); is port "
+            f"{args.modbus_port} free?",
+            file=sys.stderr,
+        )
+        return 1
+    log_file = (ROOT / "var" / "demo" / "edge-agent.log").open("a")
+    agent = subprocess.Popen(  # noqa: S603 - our own module
+        [python, "-m", "edge_agent", "run", "-c", str(SITE_FILE)],
+        cwd=ROOT,
+        stderr=log_file,
+        start_new_session=True,
+    )
+    metrics_url = f"http://{config.metrics.host}:{config.metrics.port}/metrics"
+    print(
+        "\nPhoenyra BESS demo\n"
+        f"  simulated battery  Modbus TCP 127.0.0.1:{args.modbus_port} unit 1 (SunSpec), "
+        f"time x{args.speed:g}\n"
+        f"  simulator control  bess-hil status --control 127.0.0.1:{args.control_port}\n"
+        f"                     bess-hil fault inject frequency_event hz=49.8 --duration-s 60 "
+        f"--control 127.0.0.1:{args.control_port}\n"
+        f"  edge agent         metrics {metrics_url}\n"
+        f"                     log var/demo/edge-agent.log\n"
+        f"                     bess-edge doctor -c {SITE_FILE.relative_to(ROOT)}\n"
+        f"  demo schedule      v{version}: charge 80 kW, hold, discharge 80 kW, hold "
+        "(15-minute intervals)\n"
+        "  control plane      not part of the demo yet: telemetry waits in the agent's outbox\n"
+        "Ctrl-C to stop.\n"
+    )
+    stopping = False
+
+    def stop(_signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        while not stopping:
+            if agent.poll() is not None:
+                print(
+                    f"the edge agent exited ({agent.returncode}); see var/demo/edge-agent.log",
+                    file=sys.stderr,
+                )
+                return 1
+            print(_status_line(metrics_url), flush=True)
+            for _ in range(20):
+                if stopping:
+                    break
+                time.sleep(0.1)
+    finally:
+        print("\nstopping: agent first (it sets the battery to 0 kW), then the simulator")
+        for proc in (agent, hil):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+        log_file.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
