@@ -230,6 +230,10 @@ class Agent:
                 message=f"bess-edge {__version__} started for site {cfg.site_id}",
             )
         )
+        if self.modbus is not None:
+            # One poll before the control loop starts, so its first tick sees readings
+            # instead of reporting them missing (a failed poll is fine: the guard holds 0 kW).
+            await self.coordinator.poll(self.modbus, timeout_s=5.0)
         # Closing runs in reverse: tasks cancelled, then the battery set to 0 kW and the last
         # events flushed while the uplink still runs, then the uplink and the stores close.
         if self.uplink is not None:

@@ -629,6 +629,8 @@ def cmd_schedule(args: argparse.Namespace, out: TextIO) -> int:
     action = args.action
     if action == "set":
         return _schedule_set(args, cfg, out)
+    if action == "load":
+        return _schedule_load(args, cfg, out)
     store = _open_store(cfg, create=False)
     if store is None:
         out.write(
@@ -696,6 +698,103 @@ def _schedule_set(args: argparse.Namespace, cfg: SiteConfig, out: TextIO) -> int
     return EXIT_OK
 
 
+def read_schedule_file(path: Path, *, now: float) -> tuple[float, float, list[tuple[float, float]]]:
+    """A schedule file -> (valid_from, valid_until, [(start, kW)]).
+
+    CSV (``.csv``): a header ``start,power_kw`` and one row per 15-minute interval, times in
+    ISO 8601 with an offset. YAML: ``valid_from`` (ISO 8601 with an offset),
+    ``power_kw`` (a list, one value per interval from valid_from) and optionally
+    ``valid_until`` (default: the end of the last interval).
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
+    step = DEFAULT_INTERVAL_S
+    rows: list[tuple[float, float]] = []
+    if path.suffix.lower() == ".csv":
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
+        if not lines or [c.strip() for c in lines[0].split(",")] != ["start", "power_kw"]:
+            raise UsageError(f"{path}: the first line must be the header start,power_kw")
+        for number, line in enumerate(lines[1:], start=2):
+            cells = [c.strip() for c in line.split(",")]
+            if len(cells) != 2:
+                raise UsageError(f"{path} line {number}: expected 2 columns, got {len(cells)}")
+            try:
+                rows.append((parse_time(cells[0], now=now, end=False), _kw(cells[1])))
+            except (UsageError, argparse.ArgumentTypeError) as exc:
+                raise UsageError(f"{path} line {number}: {exc}") from None
+        if not rows:
+            raise UsageError(f"{path}: no intervals")
+        return rows[0][0], rows[-1][0] + step, rows
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise UsageError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict) or "valid_from" not in raw or "power_kw" not in raw:
+        raise UsageError(
+            f"{path}: expected a mapping with valid_from (ISO 8601 with an offset) and "
+            "power_kw (a list of kW, one per 15-minute interval)"
+        )
+    start = parse_time(str(raw["valid_from"]), now=now, end=False)
+    powers = raw["power_kw"]
+    if not isinstance(powers, list) or not powers:
+        raise UsageError(f"{path}: power_kw must be a non-empty list of kW values")
+    for i, value in enumerate(powers):
+        try:
+            rows.append((start + i * step, _kw(str(value))))
+        except argparse.ArgumentTypeError as exc:
+            raise UsageError(f"{path}: power_kw[{i}]: {exc}") from None
+    end = start + len(rows) * step
+    if "valid_until" in raw:
+        end = parse_time(str(raw["valid_until"]), now=now, end=True)
+    return start, end, rows
+
+
+def _schedule_load(args: argparse.Namespace, cfg: SiteConfig, out: TextIO) -> int:
+    now = _now()
+    start, end, rows = read_schedule_file(Path(args.file), now=now)
+    notes: list[str] = []
+    for _, kw in rows:
+        for note in _check_power(cfg, kw):
+            if note not in notes:
+                notes.append(note)
+    if end <= now:
+        raise UsageError(f"the schedule in {args.file} ended already ({_fmt_utc(end)})")
+    store = _open_store(cfg, create=True)
+    if store is None:
+        raise UsageError(f"cannot open {cfg.storage.schedules_path}")
+    with store:
+        try:
+            schedule = Schedule(
+                site_id=cfg.site_id,
+                version=store.next_version(ScheduleSource.FILE),
+                created_at=now,
+                valid_from=start,
+                valid_until=end,
+                intervals=tuple(ScheduleInterval(t, kw) for t, kw in rows),
+                interval_s=DEFAULT_INTERVAL_S,
+                source=ScheduleSource.FILE,
+                origin=f"{Path(args.file).name} loaded by {_operator()}",
+            )
+        except ScheduleError as exc:
+            raise UsageError(f"{args.file}: {exc}") from None
+        result = store.save(schedule, now=now)
+        if not result.accepted:
+            out.write(f"refused: {result.detail}\n")
+            return EXIT_FAILED
+    out.write(
+        f"file schedule v{schedule.version}: {len(rows)} interval(s) of 15 min, "
+        f"{_fmt_window(start, end)}\n"
+    )
+    for note in notes:
+        out.write(note + "\n")
+    out.write(
+        "It overrides the plane's schedule while it runs; `bess-edge schedule clear` ends it.\n"
+    )
+    return EXIT_OK
+
+
 def _blocks(schedule: Schedule) -> list[tuple[float, float, float]]:
     """Consecutive intervals of equal power merged: (start, end, kW)."""
     blocks: list[tuple[float, float, float]] = []
@@ -743,23 +842,31 @@ def _schedule_show(store: ScheduleStore, cfg: SiteConfig, out: TextIO) -> None:
 
 def _schedule_clear(store: ScheduleStore, out: TextIO) -> int:
     now = _now()
-    live = {ScheduleStatus.RECEIVED, ScheduleStatus.ACTIVE, ScheduleStatus.OVERRIDDEN}
+    # Superseded ones too: cancelling the newer one would otherwise bring an older one back.
+    live = {
+        ScheduleStatus.RECEIVED,
+        ScheduleStatus.ACTIVE,
+        ScheduleStatus.OVERRIDDEN,
+        ScheduleStatus.SUPERSEDED,
+    }
     records = [
         r
         for r in store.history(limit=1000, now=now)
-        if r.source is ScheduleSource.CLI and r.status in live and r.schedule is not None
+        if r.source in (ScheduleSource.CLI, ScheduleSource.FILE)
+        and r.status in live
+        and r.schedule is not None
     ]
     if not records:
-        out.write("no cli schedule to clear\n")
+        out.write("no local (cli or file) schedule to clear\n")
         return EXIT_OK
     for r in records:
         store.cancel(
             r.version,
-            source=ScheduleSource.CLI,
+            source=r.source,
             reason=f"cleared with bess-edge schedule clear by {_operator()}",
             now=now,
         )
-        out.write(f"cancelled cli v{r.version} (was {r.status.value})\n")
+        out.write(f"cancelled {r.source.value} v{r.version} (was {r.status.value})\n")
     current = store.current(now)
     after = (
         f"{current.source.value} v{current.version}"
@@ -1035,8 +1142,16 @@ def build_parser() -> argparse.ArgumentParser:
     sset.add_argument("--kw", type=_kw, required=True, help="+ discharge, - charge")
     sset.add_argument("--from", dest="start", default="now", metavar="TIME")
     sset.add_argument("--until", required=True, metavar="TIME")
+    sload = ssub.add_parser(
+        "load",
+        parents=[common, with_config],
+        help="load a schedule file (CSV start,power_kw or YAML valid_from + power_kw list)",
+    )
+    sload.add_argument("file", metavar="FILE")
     ssub.add_parser("show", parents=[common, with_config], help="the schedule in force")
-    ssub.add_parser("clear", parents=[common, with_config], help="cancel the cli schedules")
+    ssub.add_parser(
+        "clear", parents=[common, with_config], help="cancel the local (cli and file) schedules"
+    )
 
     sub.add_parser("run", parents=[common, with_config], help="run the agent")
     p = sub.add_parser(

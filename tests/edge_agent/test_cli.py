@@ -411,7 +411,7 @@ def test_schedule_set_show_clear(
     with ScheduleStore(cfg.storage.schedules_path, site_id="cli-1") as store:
         assert store.current(T0) is None
     code, out, _ = run(capsys, "schedule", "-c", path, "clear")
-    assert code == 0 and "no cli schedule to clear" in out
+    assert code == 0 and "no local (cli or file) schedule to clear" in out
 
 
 @pytest.mark.parametrize(
@@ -611,3 +611,59 @@ def test_python_m_edge_agent_help() -> None:
 def test_no_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(capsys)
     assert code == 2 and "required" in err
+
+
+def test_schedule_load_csv_and_yaml_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], frozen_now: float
+) -> None:
+    path = str(site_file(tmp_path))
+    csv_file = tmp_path / "plan.csv"
+    csv_file.write_text(
+        "start,power_kw\n"
+        "2030-06-01T12:00+02:00,-40\n"
+        "2030-06-01T12:15+02:00,-40\n"
+        "2030-06-01T12:30+02:00,25.5\n"
+    )
+    code, out, _ = run(capsys, "schedule", "-c", path, "load", str(csv_file))
+    assert code == 0, out
+    assert "file schedule v1: 3 interval(s) of 15 min" in out
+    cfg = load_config(path, env={})
+    with ScheduleStore(cfg.storage.schedules_path, site_id="cli-1") as store:
+        current = store.current(T0)
+        assert current is not None and current.source is ScheduleSource.FILE
+        assert current.setpoint_at(T0) == -40.0  # 10:07 UTC is in the 12:00+02:00 quarter
+        assert current.setpoint_at(T0 + 23 * 60) == 25.5
+    yaml_file = tmp_path / "plan.yaml"
+    yaml_file.write_text("valid_from: '2030-06-01T10:00Z'\npower_kw: [10, 20, 30, 40]\n")
+    code, out, _ = run(capsys, "schedule", "-c", path, "load", str(yaml_file))
+    assert code == 0, out
+    assert "file schedule v2: 4 interval(s)" in out
+    code, out, _ = run(capsys, "schedule", "-c", path, "clear")
+    assert code == 0 and "cancelled file v2" in out and "cancelled file v1" in out
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("a.csv", "when,kw\n", "the first line must be the header start,power_kw"),
+        ("b.csv", "start,power_kw\n2030-06-01T10:00Z,lots\n", "line 2: 'lots' is not a power"),
+        ("c.csv", "start,power_kw\n2030-06-01T10:00Z,500\n", "beyond the battery's rating"),
+        ("d.csv", "start,power_kw\n2030-06-01T10:05Z,5\n", "line 2: 2030-06-01T10:05Z is not on"),
+        ("e.yaml", "power_kw: [1]\n", "expected a mapping with valid_from"),
+        ("f.yaml", "valid_from: '2030-06-01T10:00Z'\npower_kw: [1, x]\n", "power_kw[1]"),
+        ("g.yaml", "valid_from: '2030-06-01T08:00Z'\npower_kw: [1]\n", "ended already"),
+    ],
+)  # fmt: skip
+def test_schedule_load_refuses_bad_files(
+    name: str,
+    content: str,
+    message: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    frozen_now: float,
+) -> None:
+    bad = tmp_path / name
+    bad.write_text(content)
+    code, _out, err = run(capsys, "schedule", "-c", str(site_file(tmp_path)), "load", str(bad))
+    assert code == 2
+    assert message in err, err
