@@ -35,7 +35,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy hil edge_agent
+	$(BIN)/mypy hil edge_agent control_plane
 
 protos: $(STAMP)
 	$(BIN)/python protos/generate.py
@@ -43,6 +43,7 @@ protos: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.modbus_reads
 	$(BIN)/python -m bench.outbox_append
+	$(BIN)/python -m bench.agent_footprint
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import re
+import subprocess
 import tomllib
 from importlib import metadata
 from pathlib import Path
@@ -73,15 +74,12 @@ def test_console_scripts_resolve(script: str) -> None:
 
 
 def test_every_top_level_folder_says_what_lives_there() -> None:
-    skip = {".venv", ".git", ".ci", "build", "dist"}
-    folders = [
-        p
-        for p in ROOT.iterdir()
-        if p.is_dir()
-        and p.name not in skip
-        and not p.name.startswith((".", "__"))
-        and not p.name.endswith(".egg-info")
-    ]
+    # The folders the repository holds (not what a run left behind, e.g. var/ or .venv/).
+    listed = subprocess.run(
+        ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    names = {line.split("/", 1)[0] for line in listed if "/" in line}
+    folders = [ROOT / n for n in sorted(names) if not n.startswith(".")]
     missing = [p.name for p in folders if not (p / "README.md").is_file()]
     assert not missing, f"folders without a README.md: {missing}"
     readme = (ROOT / "README.md").read_text()

@@ -1,0 +1,7 @@
+"""`python -m control_plane` = `bess-plane`."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

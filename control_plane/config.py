@@ -1,0 +1,171 @@
+"""The control plane's settings: one pydantic-settings class, built once in `main()` or by the
+caller of `create_app(settings)`, then passed down (STYLE item 4).
+
+Precedence: defaults < the settings file (`bess-plane serve --config FILE`, YAML, keys are the
+field names below) < environment variables. Environment names: `SQLITE_PATH`, `DATABASE_URL`
+(a PostgreSQL DSN; it wins over SQLite when set) and `BESS_PLANE_<FIELD>` for the rest, e.g.
+`BESS_PLANE_HTTP_PORT`, `BESS_PLANE_GRPC_PORT`, `BESS_PLANE_PROFILE`, `BESS_PLANE_LOG_FORMAT`.
+
+Authentication is not implemented yet (a later slice), so the plane refuses to listen on
+anything but loopback unless `allow_unauthenticated_remote` is set, and refuses that in the
+production profile.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Any, Literal, Self
+
+import yaml
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+ENV_PREFIX = "BESS_PLANE_"
+
+
+class SettingsError(ValueError):
+    """The settings cannot be used; the message names every problem, one per line."""
+
+
+class PlaneSettings(BaseSettings):
+    """Everything the plane process needs to start."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="forbid", frozen=True, populate_by_name=True
+    )
+
+    profile: Literal["development", "production"] = "development"
+    data_dir: Path = Path("data/plane")
+    sqlite_path: Path | None = Field(
+        default=None,
+        validation_alias=AliasChoices("SQLITE_PATH", "sqlite_path"),
+        description="SQLite database file; default <data_dir>/plane.sqlite3",
+    )
+    database_url: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("DATABASE_URL", "database_url"),
+        description="PostgreSQL DSN (postgresql://user@host/db); wins over SQLite when set",
+    )
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=9000, ge=0, le=65535)
+    grpc_host: str = "127.0.0.1"
+    grpc_port: int = Field(default=50051, ge=0, le=65535)
+    allow_unauthenticated_remote: bool = False
+    log_format: Literal["text", "json"] = "text"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    heartbeat_interval_s: int = Field(default=10, ge=1, le=3600)
+    shutdown_grace_s: float = Field(default=5.0, ge=0, le=300)
+    agent_keepalive_time_s: float = Field(
+        default=10.0,
+        ge=1.0,
+        description="shortest gRPC keepalive interval of the agents (theirs defaults to 30 s): "
+        "the server permits pings that often, else it answers GOAWAY too_many_pings",
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # No .env or secrets-dir magic: what configures the plane is the file and the env.
+        return (init_settings, env_settings)
+
+    @model_validator(mode="after")
+    def _refuse_contradictions(self) -> Self:
+        remote = [
+            f"{name} {host!r}"
+            for name, host in (("http_host", self.http_host), ("grpc_host", self.grpc_host))
+            if not _is_loopback(host)
+        ]
+        if remote and not self.allow_unauthenticated_remote:
+            raise ValueError(
+                f"{' and '.join(remote)} is not a loopback address, but the plane has no "
+                "authentication yet: bind to 127.0.0.1 (put a reverse proxy with auth in front) "
+                "or set allow_unauthenticated_remote in a development setup"
+            )
+        if self.allow_unauthenticated_remote and self.profile == "production":
+            raise ValueError(
+                "allow_unauthenticated_remote is refused in the production profile: the plane "
+                "has no authentication yet"
+            )
+        if self.database_url is not None:
+            dsn = self.database_url.get_secret_value()
+            if not dsn.startswith(("postgresql://", "postgresql+psycopg://", "postgres://")):
+                raise ValueError(
+                    "DATABASE_URL must be a PostgreSQL DSN (postgresql://user@host:5432/db)"
+                )
+        return self
+
+    @property
+    def sqlite_file(self) -> Path:
+        return self.sqlite_path or self.data_dir / "plane.sqlite3"
+
+    @property
+    def store_description(self) -> str:
+        """Where the data lives, without credentials (for logs and /ready)."""
+        if self.database_url is None:
+            return f"sqlite:{self.sqlite_file}"
+        return "postgresql:" + _without_password(self.database_url.get_secret_value())
+
+
+def load_settings(config_file: Path | None = None) -> PlaneSettings:
+    """Settings from the file (if any) overridden by the environment; SettingsError if bad."""
+    file_values = _read_file(config_file) if config_file is not None else {}
+    env_values = EnvSettingsSource(PlaneSettings)()
+    try:
+        return PlaneSettings.model_validate({**file_values, **_by_field(env_values)})
+    except ValidationError as exc:
+        where = f"{config_file} + environment" if config_file else "environment"
+        problems = "\n".join(
+            f"  - {'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise SettingsError(f"invalid plane settings ({where}):\n{problems}") from None
+
+
+def _by_field(values: dict[str, Any]) -> dict[str, Any]:
+    """Env values keyed by field name, so they replace file values of the same field."""
+    aliases = {"SQLITE_PATH": "sqlite_path", "DATABASE_URL": "database_url"}
+    return {aliases.get(key, aliases.get(key.upper(), key)): v for key, v in values.items()}
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise SettingsError(f"settings file {path}: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise SettingsError(f"settings file {path} is not valid YAML: {exc}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise SettingsError(f"settings file {path} must hold a mapping of setting: value")
+    return {str(k): v for k, v in raw.items()}
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _without_password(dsn: str) -> str:
+    scheme, sep, rest = dsn.partition("://")
+    if not sep or "@" not in rest:
+        return dsn
+    userinfo, _, hostpart = rest.rpartition("@")
+    user = userinfo.split(":", 1)[0]
+    return f"{scheme}://{user}@{hostpart}"

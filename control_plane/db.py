@@ -1,0 +1,152 @@
+"""The SQL layer shared by every service: an engine factory and an ordered-migrations runner.
+
+One code path for both stores (DESIGN decision 4): the embedded default is SQLite in WAL mode
+(`synchronous=NORMAL`: survives a crash of the process, and the plane is not site hardware),
+the scale-out store is PostgreSQL through psycopg 3. Services use SQLAlchemy Core, never the
+ORM, and run its (blocking) calls off the event loop.
+
+Migrations: each service registers an ordered list of `Migration`s under its own name; the
+`schema_migrations` table records which (service, version) ran. Every migration runs in its own
+transaction together with its bookkeeping row, so a failed one leaves nothing half-applied
+(PostgreSQL and SQLite both have transactional DDL). A migration is never edited after it has
+shipped: a schema change is a new migration.
+
+Errors:
+
+    StoreError (RuntimeError)         the store cannot be opened or migrated
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+log = logging.getLogger(__name__)
+
+SQLITE_BUSY_TIMEOUT_MS = 5000
+
+
+class StoreError(RuntimeError):
+    """The store cannot be opened, reached or migrated; the message says which and why."""
+
+
+def create_engine(*, database_url: str | None, sqlite_path: Path) -> Engine:
+    """An engine for PostgreSQL when `database_url` is set, else for the SQLite file."""
+    if database_url:
+        url = sa.make_url(database_url)
+        if url.drivername in ("postgresql", "postgres"):
+            url = url.set(drivername="postgresql+psycopg")
+        if url.drivername != "postgresql+psycopg":
+            raise StoreError(f"unsupported database {url.drivername!r}: use a postgresql:// DSN")
+        return sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    try:
+        sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(f"cannot create {sqlite_path.parent}: {exc.strerror or exc}") from None
+    engine = sa.create_engine(f"sqlite+pysqlite:///{sqlite_path}")
+    sa.event.listen(engine, "connect", _sqlite_pragmas)
+    sa.event.listen(engine, "begin", _sqlite_begin)
+    return engine
+
+
+def _sqlite_pragmas(dbapi_connection: Any, connection_record: Any) -> None:
+    # pysqlite's own transaction handling skips BEGIN before DDL, so a failed migration would
+    # leave its tables behind: turn it off and let SQLAlchemy emit BEGIN (its documented recipe).
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+    finally:
+        cursor.close()
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    conn.exec_driver_sql("BEGIN")
+
+
+def ping(engine: Engine) -> None:
+    """Raise StoreError unless the store answers a trivial query."""
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+    except SQLAlchemyError as exc:
+        raise StoreError(f"the store does not answer: {type(exc).__name__}") from None
+
+
+# -- migrations ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One schema step of a service; `version` starts at 1 and has no gaps."""
+
+    version: int
+    name: str
+    apply: Callable[[Connection], None]
+
+
+_metadata = sa.MetaData()
+schema_migrations = sa.Table(
+    "schema_migrations",
+    _metadata,
+    sa.Column("service", sa.String(64), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("applied_unix_ms", sa.BigInteger, nullable=False),
+)
+
+
+def migrate(engine: Engine, service: str, migrations: Sequence[Migration]) -> list[int]:
+    """Apply the service's migrations not applied yet, in order; the versions applied now."""
+    versions = [m.version for m in migrations]
+    if versions != list(range(1, len(migrations) + 1)):
+        raise StoreError(f"{service}: migration versions must be 1..n in order, got {versions}")
+    try:
+        with engine.begin() as conn:
+            _metadata.create_all(conn, checkfirst=True)
+        with engine.connect() as conn:
+            done = set(
+                conn.scalars(
+                    sa.select(schema_migrations.c.version).where(
+                        schema_migrations.c.service == service
+                    )
+                )
+            )
+        newer = sorted(v for v in done if v > len(migrations))
+        if newer:
+            raise StoreError(
+                f"{service}: the store has schema version {newer[-1]}, this build knows only "
+                f"{len(migrations)}: run a newer control plane (downgrades are not supported)"
+            )
+        applied: list[int] = []
+        for migration in migrations:
+            if migration.version in done:
+                continue
+            with engine.begin() as conn:
+                migration.apply(conn)
+                conn.execute(
+                    schema_migrations.insert().values(
+                        service=service,
+                        version=migration.version,
+                        name=migration.name,
+                        applied_unix_ms=round(time.time() * 1000),
+                    )
+                )
+            log.info(
+                "store: %s migration %d (%s) applied", service, migration.version, migration.name
+            )
+            applied.append(migration.version)
+        return applied
+    except SQLAlchemyError as exc:
+        raise StoreError(f"{service}: migrating the store failed: {exc}") from exc

@@ -1,0 +1,447 @@
+"""The fleet service: agent sessions, idempotent ingest, site status and schedule delivery.
+
+No FastAPI or gRPC here (STYLE item 1): the EdgeLink servicer feeds it domain messages and
+sends what it puts in a session's `outbound` queue; the HTTP router calls its queries.
+
+Store calls block, so they run off the event loop: every write goes through one writer thread
+(SQLite has one writer anyway, and it keeps a site's batches in arrival order), reads go to the
+default thread pool. An ack is queued only after the batch's transaction committed.
+
+Schedules: the plane numbers versions per site. A new one supersedes the older ones still in
+force, is pushed at once when the site is connected, and otherwise (or if the ack never came)
+after the site's next Hello, until the agent acknowledges or rejects it. A Hello that reports
+the version already held counts as its acknowledgement (the ack was lost with the stream).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from functools import partial
+from typing import ParamSpec, TypeVar
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from .models import (
+    EndReason,
+    Event,
+    EventAckOut,
+    FleetTotals,
+    Heartbeat,
+    Hello,
+    IngestResult,
+    NewSchedule,
+    Outbound,
+    ScheduleAnswer,
+    ScheduleOut,
+    ScheduleRecord,
+    ScheduleStatus,
+    SessionEnd,
+    Site,
+    SiteStatus,
+    TelemetryAckOut,
+    TelemetrySample,
+    UnknownSiteError,
+    Welcome,
+    utc_now,
+)
+from .store import (
+    API,
+    FleetStore,
+    capabilities_of,
+    from_ms,
+    heartbeat_of,
+    ratings_of,
+)
+
+log = logging.getLogger(__name__)
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+MISSED_HEARTBEATS_OFFLINE = 3
+"""A site is offline after this many heartbeat intervals without a word (EdgeLink step 7)."""
+
+
+class FleetMetrics:
+    """The fleet's Prometheus metrics, in the app's registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.samples_ingested = Counter(
+            "bess_plane_telemetry_samples_ingested_total",
+            "Telemetry samples stored (first arrival)",
+            ["stream"],
+            registry=registry,
+        )
+        self.samples_duplicate = Counter(
+            "bess_plane_telemetry_samples_duplicate_total",
+            "Telemetry samples received again and not stored twice",
+            registry=registry,
+        )
+        self.batches = Counter(
+            "bess_plane_telemetry_batches_total", "Telemetry batches ingested", registry=registry
+        )
+        self.events_ingested = Counter(
+            "bess_plane_events_ingested_total", "Agent events stored", registry=registry
+        )
+        self.sessions_opened = Counter(
+            "bess_plane_edgelink_sessions_total", "EdgeLink sessions opened", registry=registry
+        )
+        self.schedules_sent = Counter(
+            "bess_plane_schedules_sent_total",
+            "Schedule messages pushed to agents",
+            registry=registry,
+        )
+        self.sites_connected = Gauge(
+            "bess_plane_sites_connected",
+            "Sites with an open, live EdgeLink session",
+            registry=registry,
+        )
+
+
+@dataclass(eq=False)
+class Session:
+    """One agent's open EdgeLink stream, as the service sees it."""
+
+    session_id: str
+    hello: Hello
+    opened_at: datetime
+    last_heard: datetime
+    outbound: asyncio.Queue[Outbound] = field(default_factory=asyncio.Queue)
+    samples_stored: int = 0
+    samples_duplicate: int = 0
+
+    @property
+    def site_id(self) -> str:
+        return self.hello.site_id
+
+
+class FleetService:
+    def __init__(
+        self,
+        *,
+        store: FleetStore,
+        metrics: FleetMetrics,
+        plane_version: str,
+        heartbeat_interval_s: int = 10,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self.store = store
+        self.metrics = metrics
+        self.plane_version = plane_version
+        self.heartbeat_interval_s = heartbeat_interval_s
+        self.clock = clock
+        self._sessions: dict[str, Session] = {}
+        self._session_numbers = itertools.count(1)
+        self._instance = uuid.uuid4().hex[:8]
+        self._writer: ThreadPoolExecutor | None = None
+        metrics.sites_connected.set_function(lambda: float(self.connected_count()))
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fleet-writer")
+        applied = await self._write(self.store.migrate)
+        if applied:
+            log.info("fleet: store migrated to version %d", applied[-1])
+
+    def drain(self) -> None:
+        """Ask every session to end (UNAVAILABLE): the agents reconnect to another replica."""
+        for session in list(self._sessions.values()):
+            session.outbound.put_nowait(
+                SessionEnd(EndReason.DRAINING, "the plane is shutting down")
+            )
+
+    async def close(self) -> None:
+        self._sessions.clear()
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            # Waits for a transaction in progress: what was committed stays, nothing half-done.
+            await asyncio.to_thread(writer.shutdown, wait=True)
+
+    async def _write(self, fn: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        if self._writer is None:
+            raise RuntimeError("the fleet service is not open")
+        return await asyncio.get_running_loop().run_in_executor(
+            self._writer, partial(fn, *args, **kwargs)
+        )
+
+    @staticmethod
+    async def _read(fn: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        return await asyncio.to_thread(fn, *args, **kwargs)
+
+    # -- sessions (called by the EdgeLink servicer) ------------------------------------------
+
+    async def open_session(self, hello: Hello) -> tuple[Session, Welcome, ScheduleRecord | None]:
+        """Register the site, replace an older session, and say where the agent resumes.
+
+        Returns the schedule to send right after the Welcome, if the agent lacks it.
+        """
+        now = self.clock()
+        session_id = f"{self._instance}-{next(self._session_numbers)}"
+        await self._write(self.store.register, hello, session_id=session_id, now=now)
+        last_seq, last_event_seq = await self._read(self.store.last_seqs, hello.site_id)
+        latest = await self._read(self.store.latest_schedule, hello.site_id)
+        to_send: ScheduleRecord | None = None
+        expected = 0
+        if latest is not None and latest.status_at(now) in (
+            ScheduleStatus.PENDING,
+            ScheduleStatus.SENT,
+            ScheduleStatus.ACKNOWLEDGED,
+        ):
+            expected = latest.schedule.version
+            if hello.last_schedule_version < expected:
+                to_send = latest
+            elif latest.status is not ScheduleStatus.ACKNOWLEDGED:
+                # The agent holds it: its ack was lost with the previous stream.
+                await self._write(
+                    self.store.answer,
+                    hello.site_id,
+                    ScheduleAnswer(expected, True, detail="held by the agent (reported in Hello)"),
+                    now=now,
+                )
+        session = Session(session_id=session_id, hello=hello, opened_at=now, last_heard=now)
+        previous = self._sessions.get(hello.site_id)
+        if previous is not None:
+            previous.outbound.put_nowait(
+                SessionEnd(EndReason.REPLACED, "replaced by a newer session of this site")
+            )
+        self._sessions[hello.site_id] = session
+        self.metrics.sessions_opened.inc()
+        welcome = Welcome(
+            session_id=session_id,
+            plane_version=self.plane_version,
+            server_time=now,
+            last_stored_seq=last_seq,
+            last_stored_event_seq=last_event_seq,
+            expected_schedule_version=expected,
+            heartbeat_interval_s=self.heartbeat_interval_s,
+        )
+        log.info(
+            "fleet: site %s connected (agent %s, session %s, resume after seq %d)",
+            hello.site_id,
+            hello.agent_version or "?",
+            session_id,
+            last_seq,
+        )
+        return session, welcome, to_send
+
+    async def schedule_sent(self, session: Session, version: int) -> None:
+        """The servicer wrote the schedule to the stream."""
+        self.metrics.schedules_sent.inc()
+        await self._write(self.store.mark_sent, session.site_id, version, now=self.clock())
+
+    async def close_session(self, session: Session, reason: str) -> None:
+        now = self.clock()
+        if self._sessions.get(session.site_id) is session:
+            del self._sessions[session.site_id]
+        if self._writer is not None:
+            await self._write(self.store.seen, session.site_id, now=now)
+        log.info(
+            "fleet: site %s session %s ended (%s): %d samples stored, %d duplicates",
+            session.site_id,
+            session.session_id,
+            reason,
+            session.samples_stored,
+            session.samples_duplicate,
+        )
+
+    async def ingest_telemetry(
+        self, session: Session, samples: Sequence[TelemetrySample]
+    ) -> IngestResult:
+        """Store a batch (idempotent by seq), then queue the cumulative ack."""
+        now = self.clock()
+        session.last_heard = now
+        result = await self._write(self.store.ingest_samples, session.site_id, samples, now=now)
+        self._count(result, stream="edge")
+        session.samples_stored += result.stored
+        session.samples_duplicate += result.duplicates
+        session.outbound.put_nowait(TelemetryAckOut(result.acked_through))
+        return result
+
+    async def ingest_event(self, session: Session, event: Event) -> IngestResult:
+        now = self.clock()
+        session.last_heard = now
+        result = await self._write(self.store.ingest_events, session.site_id, [event], now=now)
+        self.metrics.events_ingested.inc(result.stored)
+        if result.stored and event.severity in ("warning", "error", "critical"):
+            log.warning(
+                "fleet: site %s %s event %s: %s",
+                session.site_id,
+                event.severity,
+                event.code or event.kind,
+                event.message,
+            )
+        session.outbound.put_nowait(EventAckOut(result.acked_through))
+        return result
+
+    async def heartbeat(self, session: Session, heartbeat: Heartbeat) -> None:
+        now = self.clock()
+        session.last_heard = now
+        await self._write(self.store.seen, session.site_id, now=now, heartbeat=heartbeat)
+
+    def heard(self, session: Session) -> None:
+        session.last_heard = self.clock()
+
+    async def schedule_answered(self, session: Session, answer: ScheduleAnswer) -> None:
+        session.last_heard = self.clock()
+        changed = await self._write(self.store.answer, session.site_id, answer, now=self.clock())
+        if changed and not answer.accepted:
+            log.warning(
+                "fleet: site %s rejected schedule v%d (%s): %s",
+                session.site_id,
+                answer.version,
+                answer.reason,
+                answer.detail,
+            )
+
+    def _count(self, result: IngestResult, *, stream: str) -> None:
+        self.metrics.batches.inc()
+        self.metrics.samples_ingested.labels(stream=stream).inc(result.stored)
+        self.metrics.samples_duplicate.inc(result.duplicates)
+
+    # -- connectivity --------------------------------------------------------------------------
+
+    def _live(self, site_id: str, now: datetime) -> Session | None:
+        session = self._sessions.get(site_id)
+        limit = timedelta(seconds=MISSED_HEARTBEATS_OFFLINE * self.heartbeat_interval_s)
+        if session is None or now - session.last_heard > limit:
+            return None
+        return session
+
+    def connected_count(self) -> int:
+        now = self.clock()
+        return sum(1 for site in list(self._sessions) if self._live(site, now) is not None)
+
+    def is_connected(self, site_id: str) -> bool:
+        return self._live(site_id, self.clock()) is not None
+
+    # -- queries and commands (called by the HTTP router) ------------------------------------
+
+    async def sites(self) -> list[Site]:
+        rows = await self._read(self.store.site_rows)
+        now = self.clock()
+        result = []
+        for row in rows:
+            session = self._sessions.get(row["site_id"])
+            last_seen = row["last_seen_unix_ms"]
+            seen = from_ms(last_seen) if last_seen is not None else None
+            if session is not None and (seen is None or session.last_heard > seen):
+                seen = session.last_heard
+            result.append(
+                Site(
+                    site_id=row["site_id"],
+                    agent_version=row["agent_version"],
+                    capabilities=capabilities_of(row),
+                    ratings=ratings_of(row),
+                    registered_at=from_ms(row["registered_unix_ms"]),
+                    last_seen=seen,
+                    connected=self._live(row["site_id"], now) is not None,
+                    session_id=row["last_session_id"],
+                    last_heartbeat=heartbeat_of(row),
+                )
+            )
+        return result
+
+    async def site(self, site_id: str) -> Site:
+        for site in await self.sites():
+            if site.site_id == site_id:
+                return site
+        raise UnknownSiteError(site_id)
+
+    async def fleet_status(self) -> tuple[list[SiteStatus], FleetTotals]:
+        sites = await self.sites()
+        latest = await self._read(self.store.latest_samples)
+        statuses = [SiteStatus(site, latest.get(site.site_id)) for site in sites]
+        power = sum(
+            s.latest.active_power_kw
+            for s in statuses
+            if s.latest is not None and s.latest.active_power_kw is not None
+        )
+        capacity = sum(s.site.ratings.capacity_kwh for s in statuses if s.site.ratings)
+        with_soc = [s for s in statuses if s.latest is not None and s.latest.soc_pct is not None]
+        energy = sum(
+            s.site.ratings.capacity_kwh * (s.latest.soc_pct or 0.0) / 100
+            for s in with_soc
+            if s.site.ratings is not None and s.latest is not None
+        )
+        socs = [s.latest.soc_pct for s in with_soc if s.latest and s.latest.soc_pct is not None]
+        totals = FleetTotals(
+            sites=len(statuses),
+            sites_connected=sum(1 for s in statuses if s.site.connected),
+            active_power_kw=power,
+            capacity_kwh=capacity,
+            stored_energy_kwh=energy,
+            average_soc_pct=sum(socs) / len(socs) if socs else None,
+        )
+        return statuses, totals
+
+    async def telemetry(
+        self,
+        *,
+        site_id: str,
+        start: datetime | None,
+        end: datetime | None,
+        limit: int,
+    ) -> list[TelemetrySample]:
+        await self.site(site_id)
+        return await self._read(self.store.samples, site_id, start=start, end=end, limit=limit)
+
+    async def events(
+        self, *, site_id: str, start: datetime | None, end: datetime | None, limit: int
+    ) -> list[Event]:
+        await self.site(site_id)
+        return await self._read(self.store.events, site_id, start=start, end=end, limit=limit)
+
+    async def ingest_external(
+        self, *, site_id: str, samples: Sequence[TelemetrySample]
+    ) -> IngestResult:
+        """Telemetry posted over HTTP: its own seq space; seq 0 means "assign the next"."""
+        now = self.clock()
+        result = await self._write(self._ingest_external_sync, site_id, samples, now)
+        self._count(result, stream=API)
+        return result
+
+    def _ingest_external_sync(
+        self, site_id: str, samples: Sequence[TelemetrySample], now: datetime
+    ) -> IngestResult:
+        # Runs in the writer thread, so assigning seqs cannot race another writer here.
+        self.store.ensure_site(site_id, now=now)
+        next_seq = self.store.next_api_seq(site_id)
+        numbered = []
+        for sample in samples:
+            if sample.seq == 0:
+                sample = _with_seq(sample, next_seq)
+            next_seq = max(next_seq, sample.seq + 1)
+            numbered.append(sample)
+        return self.store.ingest_samples(site_id, numbered, now=now, stream=API)
+
+    async def submit_schedule(self, *, site_id: str, new: NewSchedule) -> ScheduleRecord:
+        """Store the next version and push it now if the site is connected."""
+        await self.site(site_id)
+        record = await self._write(self.store.add_schedule, site_id, new, now=self.clock())
+        session = self._sessions.get(site_id)
+        if session is not None:
+            session.outbound.put_nowait(ScheduleOut(record.schedule))
+        log.info(
+            "fleet: schedule v%d for site %s stored (%d intervals, %s)",
+            record.schedule.version,
+            site_id,
+            len(new.intervals),
+            "pushing now" if session is not None else "site offline: sent when it connects",
+        )
+        return record
+
+    async def schedules(self, *, site_id: str) -> list[ScheduleRecord]:
+        await self.site(site_id)
+        return await self._read(self.store.schedules, site_id)
+
+
+def _with_seq(sample: TelemetrySample, seq: int) -> TelemetrySample:
+    return replace(sample, seq=seq)
