@@ -7,16 +7,19 @@ agent writes 0 kW to the battery on its way out).
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
+from datetime import UTC, datetime
 from pathlib import Path
 
 from edge_agent.config import load_config
-from edge_agent.schedule_store import Schedule, ScheduleSource, ScheduleStore
 
 ROOT = Path(__file__).resolve().parents[2]
 SITE_FILE = Path(__file__).with_name("edge-site.yaml")
@@ -24,32 +27,34 @@ PATTERN_KW = (-80.0, -80.0, 0.0, 80.0, 80.0, 0.0)  # charge, charge, hold, disch
 QUARTER_S = 900
 
 
-def _load_demo_schedule(site_file: Path) -> int:
-    config = load_config(site_file)
-    config.storage.data_dir.mkdir(parents=True, exist_ok=True)
+def _post_demo_schedule(plane_url: str, site_id: str) -> int:
+    """The desk's path: POST a schedule to the plane, which pushes it to the agent."""
     now = time.time()
     start = now - now % QUARTER_S
-    intervals = tuple(
-        (start + i * QUARTER_S, PATTERN_KW[i % len(PATTERN_KW)]) for i in range(4 * 6)
+
+    def iso(t: float) -> str:
+        return datetime.fromtimestamp(t, UTC).isoformat()
+
+    intervals = [
+        {"start": iso(start + i * QUARTER_S), "power_kw": PATTERN_KW[i % len(PATTERN_KW)]}
+        for i in range(4 * 6)
+    ]
+    body = json.dumps(
+        {
+            "valid_from": iso(start),
+            "valid_until": iso(start + len(intervals) * QUARTER_S),
+            "intervals": intervals,
+            "origin": "make demo",
+        }
+    ).encode()
+    request = urllib.request.Request(  # noqa: S310 - loopback
+        f"{plane_url}/api/sites/{site_id}/schedules",
+        data=body,
+        headers={"Content-Type": "application/json"},
+        method="POST",
     )
-    with ScheduleStore(config.storage.schedules_path, site_id=config.site_id) as store:
-        version = store.next_version(ScheduleSource.FILE)
-        result = store.save(
-            Schedule(
-                site_id=config.site_id,
-                version=version,
-                created_at=now,
-                valid_from=start,
-                valid_until=start + len(intervals) * QUARTER_S,
-                interval_s=QUARTER_S,
-                intervals=intervals,
-                source=ScheduleSource.FILE,
-            ),
-            now=now,
-        )
-    if result.outcome.value != "accepted":
-        raise SystemExit(f"demo schedule refused: {result.detail}")
-    return version
+    with urllib.request.urlopen(request, timeout=5) as reply:  # noqa: S310 - loopback
+        return int(json.loads(reply.read())["version"])
 
 
 def _metric(body: str, name: str, labels: str = "") -> float | None:
@@ -88,11 +93,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--modbus-port", type=int, default=5020)
     parser.add_argument("--control-port", type=int, default=5021)
+    parser.add_argument("--plane-port", type=int, default=9000)
     parser.add_argument("--speed", type=float, default=10.0, help="simulated time speed-up")
     args = parser.parse_args()
 
     config = load_config(SITE_FILE)
-    version = _load_demo_schedule(SITE_FILE)
+    demo_dir = ROOT / "var" / "demo"
+    shutil.rmtree(demo_dir, ignore_errors=True)  # every demo starts afresh
+    config.storage.data_dir.mkdir(parents=True, exist_ok=True)
     python = sys.executable
     hil = subprocess.Popen(  # noqa: S603 - our own module
         [
@@ -122,7 +130,30 @@ def main() -> int:
         stdout=subprocess.DEVNULL,
         start_new_session=True,  # Ctrl-C reaches only us: we stop the agent first
     )
+    plane_env = {
+        **os.environ,
+        "BESS_PLANE_DATA_DIR": str(ROOT / "var" / "demo" / "plane"),
+        "BESS_PLANE_HTTP_PORT": str(args.plane_port),
+        "BESS_PLANE_GRPC_PORT": "50051",
+    }
+    plane_log = (ROOT / "var" / "demo" / "plane.log").open("a")
+    plane = subprocess.Popen(  # noqa: S603 - our own module
+        [python, "-m", "control_plane", "serve"],
+        cwd=ROOT,
+        env=plane_env,
+        stdout=plane_log,
+        stderr=plane_log,
+        start_new_session=True,
+    )
     time.sleep(1.5)
+    if plane.poll() is not None:
+        print(
+            f"the control plane did not start (exit {plane.returncode}); is port "
+            f"{args.plane_port} or 50051 in use? see var/demo/plane.log",
+            file=sys.stderr,
+        )
+        hil.terminate()
+        return 1
     if hil.poll() is not None:
         print(
             f"the simulator did not start (exit {hil.returncode}); is port "
@@ -138,6 +169,21 @@ def main() -> int:
         start_new_session=True,
     )
     metrics_url = f"http://{config.metrics.host}:{config.metrics.port}/metrics"
+    plane_url = f"http://127.0.0.1:{args.plane_port}"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:  # the plane knows a site once its agent said hello
+        try:
+            with urllib.request.urlopen(  # noqa: S310 - loopback
+                f"{plane_url}/api/sites/{config.site_id}", timeout=2
+            ):
+                break
+        except OSError:
+            time.sleep(0.3)
+    try:
+        version = _post_demo_schedule(plane_url, config.site_id)
+    except OSError as exc:
+        print(f"could not post the demo schedule to the plane: {exc}", file=sys.stderr)
+        version = 0
     print(
         "\nPhoenyra BESS demo\n"
         f"  simulated battery  Modbus TCP 127.0.0.1:{args.modbus_port} unit 1 (SunSpec), "
@@ -148,9 +194,13 @@ def main() -> int:
         f"  edge agent         metrics {metrics_url}\n"
         f"                     log var/demo/edge-agent.log\n"
         f"                     bess-edge doctor -c {SITE_FILE.relative_to(ROOT)}\n"
-        f"  demo schedule      v{version}: charge 80 kW, hold, discharge 80 kW, hold "
-        "(15-minute intervals)\n"
-        "  control plane      not part of the demo yet: telemetry waits in the agent's outbox\n"
+        f"  demo schedule      v{version}, posted to the plane: charge 80 kW, hold, discharge "
+        "80 kW, hold (15-minute intervals)\n"
+        f"  control plane      http://127.0.0.1:{args.plane_port}/docs (every endpoint)\n"
+        f"                     http://127.0.0.1:{args.plane_port}/api/bess/status\n"
+        f"                     http://127.0.0.1:{args.plane_port}/metrics, EdgeLink gRPC "
+        "127.0.0.1:50051, log var/demo/plane.log\n"
+        "                     (no authentication yet: loopback only)\n"
         "Ctrl-C to stop.\n"
     )
     stopping = False
@@ -175,8 +225,8 @@ def main() -> int:
                     break
                 time.sleep(0.1)
     finally:
-        print("\nstopping: agent first (it sets the battery to 0 kW), then the simulator")
-        for proc in (agent, hil):
+        print("\nstopping: agent first (it sets the battery to 0 kW), then the plane and simulator")
+        for proc in (agent, plane, hil):
             if proc.poll() is None:
                 proc.send_signal(signal.SIGINT)
                 try:
@@ -184,6 +234,7 @@ def main() -> int:
                 except subprocess.TimeoutExpired:
                     proc.kill()
         log_file.close()
+        plane_log.close()
     return 0
 
 
