@@ -44,6 +44,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.modbus_reads
 	$(BIN)/python -m bench.outbox_append
 	$(BIN)/python -m bench.agent_footprint
+	$(BIN)/python -m bench.exchange_orders
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
