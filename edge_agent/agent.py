@@ -6,6 +6,12 @@ one ``asyncio.TaskGroup``. Leaving writes 0 kW to the battery (a clean stop leav
 instead of waiting for the device's revert timeout), records an AGENT_STOPPING event and gives
 the uplink a few seconds to flush the outbox. Whatever is not acknowledged stays in the SQLite
 outbox for the next start.
+
+Every step of leaving is bounded in time (``STOP_STEP_TIMEOUT_S`` each, the flush its own
+``FLUSH_TIMEOUT_S``): a step that overruns is logged and skipped, the next one still runs. The
+tasks of the TaskGroup each run under a supervisor that, when cancelled, cancels its task
+(again and again, a library may swallow a cancel) and gives up on it after
+``STOP_STEP_TIMEOUT_S``, so the TaskGroup's exit cannot wait forever either.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -38,11 +44,16 @@ from .outbox import AsyncOutbox, Outbox
 from .readings import Quantity
 from .rest_ingest import RestIngestServer
 from .schedule_store import SaveResult, Schedule, ScheduleSource, ScheduleStore
-from .uplink import EVENTS, TELEMETRY, Uplink, UplinkState
+from .uplink import EVENTS, TELEMETRY, Uplink, UplinkState, cancel_and_wait
 
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
+
+STOP_STEP_TIMEOUT_S = 3.0
+"""Each step of leaving the agent (a task ending, the 0 kW write, an outbox write) at most."""
+FLUSH_TIMEOUT_S = 3.0
+"""How long leaving waits for the plane to acknowledge what is in the outbox."""
 
 # ExecutorEvent kinds -> EdgeLink EventKind names and severities.
 _EXECUTOR_EVENTS: dict[ExecutorEventKind, tuple[str, str]] = {
@@ -89,6 +100,22 @@ class ControlState:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+
+
+async def _supervised(coro: Coroutine[Any, Any, None], name: str) -> None:
+    """Run ``coro`` as a task of its own and follow it: its result or error is ours. Cancelled,
+    it cancels that task and waits for it at most STOP_STEP_TIMEOUT_S (repeating the cancel),
+    then gives up on it: a task that swallowed its cancellation (a library bug) is logged and
+    left behind instead of keeping the agent's TaskGroup, and so the agent, from stopping."""
+    task = asyncio.create_task(coro, name=name)
+    try:
+        await asyncio.wait({task})
+    except asyncio.CancelledError:
+        await cancel_and_wait([task], STOP_STEP_TIMEOUT_S, f"agent task {name}")
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            log.error("agent task %s failed while stopping", name, exc_info=task.exception())
+        raise
+    return task.result()
 
 
 class _NoController:
@@ -153,7 +180,7 @@ class Agent:
             )
         )
         await self.outbox.open()
-        self._stack.push_async_callback(self.outbox.aclose)
+        self._stack.push_async_callback(self._bounded, "closing the outbox", self.outbox.aclose)
         self.schedules = ScheduleStore(
             storage.schedules_path,
             site_id=cfg.site_id,
@@ -246,40 +273,70 @@ class Agent:
     def _spawn(self, tg: asyncio.TaskGroup) -> None:
         modbus = self.config.sources.modbus
         if self.modbus is not None and modbus is not None:
-            self._task_handles.append(
-                tg.create_task(
-                    self.coordinator.run_poller(self.modbus, interval_s=modbus.poll_interval_s),
-                    name="modbus-poller",
-                )
+            interval = modbus.poll_interval_s
+            poller = self.coordinator.run_poller(
+                self.modbus,
+                interval_s=interval,
+                # The source bounds each request itself; the poll deadline is the backstop and
+                # must not beat it (a silent device then reads "no answer within 1 s reading
+                # ..." and counts towards its reconnect, instead of an anonymous timeout).
+                timeout_s=max(interval, self.modbus.poll_timeout_s),
             )
-        self._task_handles.append(tg.create_task(self.executor.run(), name="executor"))
-        self._task_handles.append(tg.create_task(self._sampler(), name="sampler"))
+            self._spawn_one(tg, poller, "modbus-poller")
+        self._spawn_one(tg, self.executor.run(), "executor")
+        self._spawn_one(tg, self._sampler(), "sampler")
+
+    def _spawn_one(self, tg: asyncio.TaskGroup, coro: Coroutine[Any, Any, None], name: str) -> None:
+        self._task_handles.append(tg.create_task(_supervised(coro, name), name=name))
 
     async def _cancel_tasks(self) -> None:
-        # A TaskGroup has no cancel(): cancelling its children lets it exit cleanly.
+        # A TaskGroup has no cancel(): cancelling its children lets it exit cleanly. Each
+        # child ends within STOP_STEP_TIMEOUT_S of this (see _supervised).
         for task in self._task_handles:
             task.cancel()
+
+    async def _bounded(self, what: str, step: Callable[[], Awaitable[object]]) -> bool:
+        """One step of leaving, within STOP_STEP_TIMEOUT_S; False (logged) if it failed."""
+        try:
+            async with asyncio.timeout(STOP_STEP_TIMEOUT_S):
+                await step()
+        except TimeoutError:
+            log.error("stopping: %s took longer than %g s; skipped", what, STOP_STEP_TIMEOUT_S)
+            return False
+        except Exception:  # one failed step must not keep the others from running
+            log.exception("stopping: %s failed", what)
+            return False
+        return True
 
     async def _stop_safely(self) -> None:
         """Leave the battery idle and the outbox flushed as far as the plane allows."""
         now = self.clock()
         if self.modbus is not None:
+            modbus = self.modbus
             try:
-                await asyncio.wait_for(self.modbus.write_power_kw(0.0), timeout=3.0)
+                async with asyncio.timeout(STOP_STEP_TIMEOUT_S):
+                    await modbus.write_power_kw(0.0)
                 log.info("stopping: battery set to 0 kW")
             except Exception as exc:  # the device's revert timeout remains the backstop
                 log.warning(
                     "stopping: could not write 0 kW (%s); the device's revert timeout "
                     "will bring it to 0 kW",
-                    exc,
+                    f"no answer within {STOP_STEP_TIMEOUT_S:g} s"
+                    if isinstance(exc, TimeoutError)
+                    else exc,
                 )
-        await self._drain_events()
-        await self._record(
-            convert.agent_event("agent_stopping", at=now, message="bess-edge stopping")
+        await self._bounded("recording the last events", self._drain_events)
+        await self._bounded(
+            "recording agent_stopping",
+            lambda: self._record(
+                convert.agent_event("agent_stopping", at=now, message="bess-edge stopping")
+            ),
         )
         if self.uplink is not None and self.uplink.state is UplinkState.CONNECTED:
             with contextlib.suppress(Exception):
-                await self.uplink.flush(timeout_s=3.0)
+                # flush bounds itself; the outer timeout is the backstop.
+                async with asyncio.timeout(FLUSH_TIMEOUT_S + 1.0):
+                    await self.uplink.flush(timeout_s=FLUSH_TIMEOUT_S)
 
     async def wait(self, stop: asyncio.Event | None = None) -> None:
         """Run until ``stop`` is set (or forever)."""
@@ -351,7 +408,14 @@ class Agent:
         for event in self.executor.drain_events():
             events.append(self._to_proto(event))
         if events:
-            await self.outbox.append(EVENTS, [convert.outbox_row(e) for e in events])
+            await self._append_events(events)
+
+    async def _append_events(self, events: list[pb.Event]) -> None:
+        """Into the outbox even if the caller is cancelled meanwhile (the agent stopping): once
+        drained from the executor these events exist nowhere else, and cancelling the await
+        would also cancel an append still queued behind other work on the outbox's thread."""
+        rows = [convert.outbox_row(e) for e in events]
+        await asyncio.shield(self.outbox.append(EVENTS, rows))
 
     def _to_proto(self, event: ExecutorEvent | GuardEvent) -> pb.Event:
         if isinstance(event, GuardEvent):
@@ -379,7 +443,7 @@ class Agent:
         return out
 
     async def _record(self, event: pb.Event) -> None:
-        await self.outbox.append(EVENTS, [convert.outbox_row(event)])
+        await self._append_events([event])
 
     # -- uplink callbacks --------------------------------------------------------------------
 

@@ -219,14 +219,21 @@ class Coordinator:
         """Poll ``reader`` every ``interval_s`` (real time) until cancelled.
 
         A slow poll delays the next one instead of stacking polls up; the default timeout is
-        the interval itself.
+        the interval itself (a reader that bounds its own requests should get a longer one, so
+        that its own timeouts fire first). A poller told to stop stops, also when a reader
+        swallowed the cancellation (a library bug): it checks ``Task.cancelling()`` after every
+        poll.
         """
         if not (math.isfinite(interval_s) and interval_s > 0):
             raise ValueError(f"interval_s must be a finite number > 0 (got {interval_s!r})")
         loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        told_to_stop = task.cancelling() if task is not None else 0  # requests from before us
         next_due = loop.time()
         while True:
             await self.poll(reader, timeout_s=interval_s if timeout_s is None else timeout_s)
+            if task is not None and task.cancelling() > told_to_stop:
+                raise asyncio.CancelledError
             next_due = max(next_due + interval_s, loop.time())
             await asyncio.sleep(next_due - loop.time())
 

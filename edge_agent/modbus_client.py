@@ -9,11 +9,27 @@ LIBRARY-NOTES.md lists the bugs it has had). ``ModbusConnection`` owns instead:
 - **a per-request timeout** (``asyncio.timeout`` around every call). A connection that misses
   ``timeouts_before_reconnect`` answers in a row is dropped and reconnected: an unplugged cable
   shows up as silence, never as an error;
+- **silence detection that does not depend on the caller's patience**: a connection on which
+  requests have waited ``timeouts_before_reconnect`` x ``request_timeout_s`` in all since its
+  last answer is dropped too, also when those requests were abandoned by their callers (a poll
+  deadline shorter than ``request_timeout_s`` cancels requests before our own timeout can
+  count them; a half-open TCP connection would otherwise be kept forever);
 - **a reconnect loop that never gives up**: exponential backoff with full jitter and a cap
   (0.5 s, 1 s, 2 s ... 60 s, each delay drawn uniformly below its ceiling), for as long as the
-  outage lasts. ``sleep`` and ``rng`` are injected so a test runs a multi-hour outage in
-  milliseconds. Requests made while the loop runs fail at once with ``ConnectionLost``: the
-  coordinator marks the data stale instead of waiting.
+  outage lasts; every attempt has its own ``connect_timeout_s``, and an unexpected error in an
+  attempt counts as a failed attempt instead of ending the loop. ``sleep`` and ``rng`` are
+  injected so a test runs a multi-hour outage in milliseconds. Requests made while the loop
+  runs fail at once with ``ConnectionLost``: the coordinator marks the data stale instead of
+  waiting.
+
+**Cancellation** always wins. pymodbus awaits its answer (and its connect) with
+``asyncio.wait_for``, which on Python < 3.12 returns the result instead of raising when the
+task is cancelled in the very loop iteration in which the answer arrives (CPython gh-86296,
+likely under CPU load); the cancel request is then lost and a task that was told to stop keeps
+running (the agent's executor did, and its TaskGroup waited for it forever). Every request is
+therefore awaited through ``_honouring_cancel``, which raises the lost ``CancelledError``
+again; a connect attempt runs as a task of its own that we wait for with ``asyncio.wait`` and
+abandon when it overruns. ``close`` waits for the reconnect task a bounded time only.
 
 Logging (STYLE 7): the first failure is logged loudly, repeats quietly (debug, counted), the
 recovery once. Device exceptions are the device's answer, not a link failure: they are counted
@@ -31,7 +47,6 @@ Errors (pymodbus exceptions are translated here, at the boundary)::
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import random
@@ -40,7 +55,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Literal, Protocol, cast
+from typing import Any, Literal, Protocol, TypeVar, cast
 
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusIOException
@@ -48,6 +63,7 @@ from pymodbus.exceptions import ConnectionException, ModbusIOException
 log = logging.getLogger(__name__)
 
 Table = Literal["holding", "input"]
+_T = TypeVar("_T")
 Sleep = Callable[[float], Awaitable[None]]
 Rng = Callable[[], float]
 
@@ -55,6 +71,7 @@ DEFAULT_PORT = 502
 DEFAULT_BACKOFF_INITIAL_S = 0.5
 DEFAULT_BACKOFF_MAX_S = 60.0
 DEFAULT_TIMEOUTS_BEFORE_RECONNECT = 3  # like pymodbus' own "retries + 3" rule
+CLOSE_TIMEOUT_S = 2.0  # how long close() waits for the reconnect task to end
 
 EXCEPTION_MEANINGS: dict[int, str] = {
     1: "illegal function",
@@ -153,6 +170,48 @@ class Backoff:
 
     def reset(self) -> None:
         self.attempt = 0
+
+
+# -- cancellation --------------------------------------------------------------------------
+
+
+async def _honouring_cancel(awaitable: Awaitable[_T]) -> _T:
+    """Await ``awaitable``; raise ``CancelledError`` if it swallowed a cancel request.
+
+    ``asyncio.wait_for`` (pymodbus awaits every answer with it) drops a
+    cancellation that arrives together with the result on Python < 3.12 (gh-86296). A cancel
+    request that was delivered shows in ``Task.cancelling()`` until someone ``uncancel()``s it
+    (``asyncio.timeout`` does, when it turns its own cancel into ``TimeoutError``): more cancel
+    requests after the call than before it means one was swallowed, and it is raised again here
+    so that ``asyncio.timeout``, ``TaskGroup`` and ``Task.cancel()`` keep their promises.
+    """
+    task = asyncio.current_task()
+    before = task.cancelling() if task is not None else 0
+    result = await awaitable
+    if task is not None and task.cancelling() > before:
+        raise asyncio.CancelledError
+    return result
+
+
+async def _cancel_and_wait(task: asyncio.Task[Any], timeout_s: float, what: str) -> bool:
+    """Cancel ``task`` and wait at most ``timeout_s`` for it to end; False (logged) if it did
+    not. The cancel is repeated while waiting, in case a library swallowed one."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not task.done():
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            log.error("%s did not end within %g s of being cancelled; left behind", what, timeout_s)
+            return False
+        task.cancel()
+        await asyncio.wait({task}, timeout=min(0.2, remaining))
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("%s ended with %r", what, task.exception())
+    return True
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 # -- the client, as far as we use it ------------------------------------------------------------
@@ -319,6 +378,7 @@ class ModbusConnection:
         self._health = LinkHealth(self.name)
         self._reconnect_task: asyncio.Task[None] | None = None
         self._silent = 0  # consecutive timeouts
+        self._unanswered_s = 0.0  # time requests have waited in vain since the last answer
         self._generation = 0
         self._closed = False
         self._ever_connected = False
@@ -353,12 +413,11 @@ class ModbusConnection:
         return False
 
     async def close(self) -> None:
+        """Stop reconnecting and close the connection; returns within ``CLOSE_TIMEOUT_S``."""
         self._closed = True
         task, self._reconnect_task = self._reconnect_task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if task is not None and not task.done():
+            await _cancel_and_wait(task, CLOSE_TIMEOUT_S, f"{self.name}: the reconnect task")
         if self._client is not None:
             self._client.close()
         await asyncio.sleep(0)  # let the transport run its connection_lost callback
@@ -431,9 +490,10 @@ class ModbusConnection:
             if client is None or not client.connected:
                 self._start_reconnect()
                 raise self._failed(ConnectionLost(self._not_connected_text()))
+            sent = time.monotonic()
             try:
                 async with asyncio.timeout(self.request_timeout_s):
-                    response = await call(client)
+                    response = await _honouring_cancel(call(client))
             except TimeoutError:
                 if not client.connected:
                     self._start_reconnect()
@@ -443,14 +503,24 @@ class ModbusConnection:
                 self._silent += 1
                 if self._silent >= self.timeouts_before_reconnect:
                     self._drop(f"{self._silent} requests in a row unanswered")
+                else:
+                    self._count_silence(client, sent)
                 raise self._failed(
                     RequestTimeout(
                         f"{self.name}: no answer within {self.request_timeout_s:g} s "
                         f"{what} (unit {unit_id}) — is the unit id right, is the device busy?"
                     )
                 ) from None
+            except asyncio.CancelledError:
+                # The caller gave up (its own deadline, or shutdown) before our timeout could
+                # count the request: the silence still counts (see the module docstring).
+                self._count_silence(client, sent)
+                raise
             except ModbusIOException as exc:
                 if "No response" in str(exc) and client.connected:
+                    self._silent += 1
+                    if self._silent >= self.timeouts_before_reconnect:
+                        self._drop(f"{self._silent} requests in a row unanswered")
                     raise self._failed(
                         RequestTimeout(f"{self.name}: no answer {what} (unit {unit_id})")
                     ) from None
@@ -462,6 +532,7 @@ class ModbusConnection:
                     ConnectionLost(f"{self.name}: connection lost while {what}: {exc}")
                 ) from None
             self._silent = 0
+            self._unanswered_s = 0.0
             self.stats.responses += 1
             self._health.succeeded()
             if response.isError():
@@ -486,9 +557,41 @@ class ModbusConnection:
         return f"{self.name}: not connected"
 
     # -- connecting -------------------------------------------------------------------------
+    @property
+    def silence_limit_s(self) -> float:
+        """Requests waiting this long without any answer: the connection is dropped."""
+        return self.timeouts_before_reconnect * self.request_timeout_s
+
+    def _count_silence(self, client: ModbusClient, sent: float) -> None:
+        """A request sent at ``sent`` ended without an answer: add its wait to the silence."""
+        if client is not self._client or not client.connected:
+            return  # that connection is gone already
+        self._unanswered_s += max(0.0, time.monotonic() - sent)
+        if self._unanswered_s >= self.silence_limit_s:
+            self._drop(
+                f"requests waited {self._unanswered_s:.1f} s in all without an answer "
+                "(timed out or abandoned by their callers)"
+            )
+
+    def _abandon(self, client: ModbusClient, attempt: asyncio.Task[bool]) -> None:
+        """A connect attempt we stop waiting for: cancel it and never use its client again."""
+        attempt.cancel()
+        client.close()
+        if self._client is client:
+            self._client = None  # the next attempt starts with a fresh client
+
+        def closed_when_done(task: asyncio.Task[bool]) -> None:
+            client.close()  # in case it connected after all
+            if not task.cancelled():
+                task.exception()  # retrieved: nobody waits for it any more
+
+        attempt.add_done_callback(closed_when_done)
+
     def _drop(self, reason: str) -> None:
         """Close a connection that cannot be trusted and reconnect in the background."""
         log.debug("%s: dropping the connection: %s", self.name, reason)
+        self._silent = 0
+        self._unanswered_s = 0.0
         if self._client is not None:
             self._client.close()
         self._start_reconnect()
@@ -513,22 +616,46 @@ class ModbusConnection:
                 return
 
     async def try_connect(self) -> bool:
-        """One connect attempt within ``connect_timeout_s``; no retry (tools, the loop)."""
+        """One connect attempt within ``connect_timeout_s``; no retry (tools, the loop).
+
+        Never raises but ``CancelledError``: whatever goes wrong is a failed attempt, so the
+        reconnect loop keeps going. The attempt runs as a task of its own that is abandoned
+        (cancelled, its client closed and replaced) when it overruns or we are cancelled: a
+        library that ignores a cancellation cannot hold the reconnect loop, and a connect that
+        completes after all is never used without a generation bump.
+        """
         self.stats.connect_attempts += 1
-        if self._client is None:
-            self._client = self._client_factory()
-        client = self._client
-        client.close()  # a clean transport for every attempt
         problem = "refused or unreachable"
+        client: ModbusClient | None = None
+        ok = False
         try:
-            async with asyncio.timeout(self.connect_timeout_s):
-                ok = await client.connect()
-        except TimeoutError:
-            ok, problem = False, f"no answer within {self.connect_timeout_s:g} s"
-        except OSError as exc:
-            ok, problem = False, str(exc)
-        if not ok or not client.connected:
-            client.close()
+            if self._client is None:
+                self._client = self._client_factory()
+            client = self._client
+            client.close()  # a clean transport for every attempt
+        except Exception as exc:  # a client that cannot even be made: one failed attempt
+            client, problem = None, _describe(exc)
+        if client is not None:
+            attempt = asyncio.create_task(
+                client.connect(), name=f"modbus-connect-{self.host}:{self.port}"
+            )
+            try:
+                done, _ = await asyncio.wait({attempt}, timeout=self.connect_timeout_s)
+            except asyncio.CancelledError:
+                self._abandon(client, attempt)
+                raise
+            if not done:
+                problem = f"no answer within {self.connect_timeout_s:g} s"
+                self._abandon(client, attempt)
+            elif attempt.cancelled():
+                problem = "the connect was cancelled"
+            elif (failure := attempt.exception()) is not None:  # OSError, a pymodbus surprise
+                problem = _describe(failure)
+            else:
+                ok = bool(attempt.result())
+        if client is None or not ok or not client.connected:
+            if client is not None:
+                client.close()
             self.stats.connect_failures += 1
             self.stats.errors["ConnectionLost"] += 1
             self._health.failed(
@@ -538,6 +665,7 @@ class ModbusConnection:
             return False
         self._generation += 1
         self._silent = 0
+        self._unanswered_s = 0.0
         self.stats.connects += 1
         self.backoff.reset()
         if not self._ever_connected:

@@ -826,6 +826,16 @@ class ModbusSource:
         return list(self._batches)
 
     @property
+    def poll_timeout_s(self) -> float:
+        """A deadline for one ``read()`` that never cuts the connection's own timeouts short.
+
+        A request may wait for the connection's lock behind one other request (a write) and
+        then for its own answer; a read ends at its first timeout. A poller with a shorter
+        deadline would cancel requests before ``request_timeout_s`` could report them.
+        """
+        return 2 * self.settings.request_timeout_s + 0.5
+
+    @property
     def revert_timeout_s(self) -> float | None:
         """The device's revert timeout in s (0 = never reverts); None when unknown."""
         if self._map is not None:

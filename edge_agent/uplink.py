@@ -40,6 +40,14 @@ breaks (gRPC then doubles that client's keepalive time): it needs
 `grpc.keepalive_permit_without_calls` = 1; `server_keepalive_options()` returns exactly that.
 gRPC sends keepalive pings at most once a second, hence `keepalive_time_s` >= 1.
 
+**Stopping.** `aclose()` returns within `close_timeout_s` whatever the session is doing
+(dialling, streaming, backing off): it cancels the run task, repeats the cancel while it waits
+(a library may swallow one) and, as a last resort, logs the task as stuck and leaves it behind.
+gRPC may turn a cancellation into an RPC error (INTERNAL, CANCELLED) or raise a
+`CancelledError` of its own for a call it cancelled locally; the run loop therefore decides by
+`Task.cancelling()` whether it was told to stop (stop) or the session merely failed (redial).
+Every wait for a gRPC status is bounded, and a session's tasks are stopped within a bound too.
+
 **Secrets.** The site token is read from `token_file` or the environment variable named by
 `token_env` at each dial, sent as `authorization: Bearer <token>` metadata and never logged,
 stored in settings or exposed in `repr`.
@@ -69,7 +77,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from types import TracebackType
-from typing import NoReturn, Self, TypeVar
+from typing import Any, NoReturn, Self, TypeVar, cast
 
 import grpc
 import grpc.aio
@@ -93,6 +101,12 @@ _T = TypeVar("_T")
 _K = TypeVar("_K", str, int)
 _R = TypeVar("_R")
 _SYSTEM_RANDOM = random.SystemRandom()  # jitter only; no seed to share between agents
+CLOSE_TIMEOUT_S = 3.0
+"""How long `Uplink.aclose` waits for the run task after cancelling it."""
+_TASKS_STOP_TIMEOUT_S = 2.0
+"""How long a session waits for its reader/writer tasks after cancelling them."""
+_STATUS_TIMEOUT_S = 2.0
+"""How long to wait for the status of a call that ended (normally it is there already)."""
 
 ScheduleHandler = Callable[[Schedule], Awaitable[SaveResult]]
 CommandHandler = Callable[[Command], Awaitable[Ack]]
@@ -125,6 +139,58 @@ class StreamEndedError(UplinkError):
         super().__init__(f"stream ended by the plane: {code.name} {details}".rstrip())
         self.code = code
         self.details = details
+
+
+# -- cancellation helpers -------------------------------------------------------------------
+
+
+def _cancelling() -> int:
+    task = asyncio.current_task()
+    return task.cancelling() if task is not None else 0
+
+
+def cancel_requested(before: int = 0) -> bool:
+    """True if the current task was told to stop: more cancel requests not taken back than
+    `before` (the count when the caller started, for a task that carries an old one)."""
+    return _cancelling() > before
+
+
+async def cancel_and_wait(
+    tasks: Sequence[asyncio.Task[Any]], timeout_s: float, what: str
+) -> list[asyncio.Task[Any]]:
+    """Cancel `tasks` and wait at most `timeout_s` for them to end; returns those that did not
+    (logged as an error, left behind). The cancel is repeated while waiting, because a library
+    may swallow one (Python < 3.12 `asyncio.wait_for`, gRPC). A cancellation of the caller is
+    not swallowed: it interrupts the wait (the tasks have been cancelled at least once)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    pending = [t for t in tasks if not t.done()]
+    while pending:
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            log.error(
+                "%s: %s did not end within %g s of being cancelled; left behind",
+                what,
+                ", ".join(t.get_name() for t in pending),
+                timeout_s,
+            )
+            return pending
+        for task in pending:
+            task.cancel()
+        await asyncio.wait(pending, timeout=min(0.25, remaining))
+        pending = [t for t in pending if not t.done()]
+    return []
+
+
+async def _call_status(
+    call: grpc.aio.StreamStreamCall[pb.AgentMessage, pb.PlaneMessage],
+) -> tuple[grpc.StatusCode, str]:
+    """The status of a call that ended, without waiting forever for it."""
+    try:
+        async with asyncio.timeout(_STATUS_TIMEOUT_S):
+            return await call.code(), await call.details()
+    except TimeoutError:
+        return grpc.StatusCode.UNKNOWN, f"(no status from gRPC within {_STATUS_TIMEOUT_S:g} s)"
 
 
 # -- settings -----------------------------------------------------------------------------
@@ -352,10 +418,15 @@ class Uplink:
         rng: Callable[[], float] = _SYSTEM_RANDOM.random,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        close_timeout_s: float = CLOSE_TIMEOUT_S,
     ) -> None:
         """`sleep` and `rng` drive the reconnect backoff (tests inject them); `clock` is
-        monotonic (silence, batch delay), `wall_clock` Unix s (Hello, heartbeats, expiry)."""
+        monotonic (silence, batch delay), `wall_clock` Unix s (Hello, heartbeats, expiry);
+        `close_timeout_s` bounds `aclose`."""
+        if not close_timeout_s > 0:
+            raise ValueError(f"close_timeout_s must be > 0 (got {close_timeout_s!r})")
         self.settings = settings
+        self.close_timeout_s = close_timeout_s
         self._outbox = outbox
         self._hello = hello
         self._on_schedule = on_schedule
@@ -368,6 +439,7 @@ class Uplink:
         self._wall = wall_clock
 
         self._task: asyncio.Task[None] | None = None
+        self._cancel_base = 0  # cancel requests the run task carried when run() started
         self._phase = UplinkState.STOPPED
         self._wake = asyncio.Event()
         self._acked_event = asyncio.Event()
@@ -408,18 +480,26 @@ class Uplink:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Stop the uplink: cancel the session (unacked rows stay in the outbox)."""
+        """Stop the uplink: cancel the session (unacked rows stay in the outbox).
+
+        Returns within `close_timeout_s` in every state of the session (see "Stopping" in the
+        module docstring); never raises, except the caller's own cancellation."""
         task, self._task = self._task, None
         if task is None:
             return
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        stuck = await cancel_and_wait([task], self.close_timeout_s, "uplink")
+        if stuck:
+            self._phase = UplinkState.STOPPED  # it no longer runs as far as we are concerned
+            return
+        if not task.cancelled() and task.exception() is not None:
+            log.error("uplink: the run task had failed", exc_info=task.exception())
 
     async def run(self) -> None:
         """Connect, stream, reconnect; forever (until cancelled)."""
+        self._cancel_base = _cancelling()
         try:
             while True:
+                self._checkpoint()
                 self._phase = UplinkState.CONNECTING
                 self._dials_total += 1
                 self._welcomed_at = None
@@ -427,10 +507,13 @@ class Uplink:
                 try:
                     await self._run_session()
                 except asyncio.CancelledError:
-                    raise
+                    if cancel_requested(self._cancel_base):
+                        raise
+                    # Not a request to stop this task: gRPC's own CancelledError for a call
+                    # it cancelled locally. The session is over; dial again.
+                    error = UplinkError("the gRPC call was cancelled under the session")
                 except Exception as exc:  # every failure ends the session, none ends the loop
-                    task = asyncio.current_task()
-                    if task is not None and task.cancelling():
+                    if cancel_requested(self._cancel_base):
                         # grpc turned our cancellation into an RPC error (INTERNAL); honour it.
                         log.debug("uplink: cancelled while %s", _describe(exc))
                         raise asyncio.CancelledError from exc
@@ -448,8 +531,15 @@ class Uplink:
                 self._phase = UplinkState.BACKOFF
                 log.debug("uplink: redialling in %.2f s", delay)
                 await self._sleep(delay)
+                self._checkpoint()  # the sleep swallowed it (an injected one may)
         finally:
             self._phase = UplinkState.STOPPED
+
+    def _checkpoint(self) -> None:
+        """Raise `CancelledError` if the run task was told to stop and something (a library,
+        an injected dependency) swallowed it: the run loop stops instead of carrying on."""
+        if cancel_requested(self._cancel_base):
+            raise asyncio.CancelledError
 
     def backoff_delay(self, attempt: int) -> float:
         """Full jitter: uniform in [0, min(max, initial * multiplier ** attempt))."""
@@ -502,11 +592,12 @@ class Uplink:
         )
 
     async def flush(self, timeout_s: float) -> bool:
-        """Wait until every row in the outbox now is acked; False on timeout."""
-        outbox = await self._outbox.stats()
-        target = {name: outbox[name].last_seq for name in (TELEMETRY, EVENTS)}
+        """Wait until every row in the outbox now is acked; False on timeout (which covers
+        reading the outbox too)."""
         try:
             async with asyncio.timeout(timeout_s):
+                outbox = await self._outbox.stats()
+                target = {name: outbox[name].last_seq for name in (TELEMETRY, EVENTS)}
                 while True:
                     self._acked_event.clear()
                     outbox = await self._outbox.stats()
@@ -522,6 +613,7 @@ class Uplink:
         """Dial, handshake and stream until the session fails (it always ends by raising)."""
         settings = self.settings
         metadata, credentials = await asyncio.to_thread(self._credentials)
+        self._checkpoint()
         options = settings.channel_options()
         if credentials is None:
             channel = grpc.aio.insecure_channel(settings.target, options=options)
@@ -531,6 +623,7 @@ class Uplink:
             call = pb_grpc.EdgeLinkStub(channel).Connect(metadata=metadata)
             try:
                 session = await self._handshake(call)
+                self._checkpoint()  # a step of the handshake swallowed one
                 await self._stream(session)
             finally:
                 call.cancel()
@@ -596,9 +689,9 @@ class Uplink:
                 f"no Welcome from {settings.target} within {settings.connect_timeout_s:g} s"
             ) from None
         except asyncio.InvalidStateError:
-            raise StreamEndedError(await call.code(), await call.details()) from None
+            raise StreamEndedError(*await _call_status(call)) from None
         if first is grpc.aio.EOF:
-            raise StreamEndedError(await call.code(), await call.details())
+            raise StreamEndedError(*await _call_status(call))
         assert isinstance(first, pb.PlaneMessage)  # noqa: S101 (narrowing for mypy)
         if first.WhichOneof("payload") != "welcome":
             raise ProtocolError(
@@ -701,18 +794,20 @@ class Uplink:
             asyncio.create_task(self._watchdog(), name="uplink-watchdog"),
         ]
         try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            # Each of them runs until the session fails: the first to end ends the session
+            # (also one that ends cancelled: gRPC cancelled the call under it).
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in tasks:
-                task.cancel()
-            results = await asyncio.gather(*tasks, return_exceptions=True)
-        errors = [r for r in results if isinstance(r, Exception)]
-        # The reader sees why the stream ended; a writer only sees that it did.
-        reader_error = results[0]
-        if isinstance(reader_error, Exception):
-            raise reader_error
-        if errors:
-            raise errors[0]
+            stuck = await cancel_and_wait(tasks, _TASKS_STOP_TIMEOUT_S, "uplink session")
+        # The reader (first) sees why the stream ended; a writer only sees that it did.
+        for task in tasks:
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                raise cast(BaseException, task.exception())
+        ended = [t.get_name() for t in tasks if t in done and t.cancelled()]
+        if ended:
+            raise UplinkError(f"{', '.join(ended)} cancelled by gRPC (the call was cancelled)")
+        if stuck:  # pragma: no cover (logged by cancel_and_wait)
+            raise UplinkError("uplink session tasks did not stop")
         raise UplinkError("uplink session ended without an error")  # pragma: no cover
 
     # -- plane -> agent --------------------------------------------------------------------
@@ -722,7 +817,7 @@ class Uplink:
         while True:
             message = await call.read()
             if message is grpc.aio.EOF:
-                raise StreamEndedError(await call.code(), await call.details())
+                raise StreamEndedError(*await _call_status(call))
             assert isinstance(message, pb.PlaneMessage)  # noqa: S101 (narrowing for mypy)
             kind = message.WhichOneof("payload")
             if kind == "telemetry_ack":
@@ -840,9 +935,7 @@ class Uplink:
             try:
                 await session.call.write(message)
             except asyncio.InvalidStateError:
-                raise StreamEndedError(
-                    await session.call.code(), await session.call.details()
-                ) from None
+                raise StreamEndedError(*await _call_status(session.call)) from None
 
     async def _send_loop(self, session: _Session) -> None:
         settings = self.settings

@@ -282,6 +282,33 @@ async def test_run_poller_keeps_polling_through_failures(coord: Coordinator) -> 
     assert coord.counters()["poll_failures_total"] == {("modbus",): 2}
 
 
+async def test_run_poller_stops_even_if_a_reader_swallowed_the_cancellation(
+    coord: Coordinator,
+) -> None:
+    """A reader whose library loses a cancel (pymodbus' wait_for on Python < 3.12) and answers
+    instead: the poller was told to stop, so it stops after that poll."""
+
+    class DeafReader:
+        name = "modbus"
+        polls = 0
+
+        async def read(self) -> list[Reading]:
+            self.polls += 1
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                pass  # swallowed, and answered as if nothing happened
+            return [r(Q.SOC_PCT, 50.0, 0, "modbus")]
+
+    reader = DeafReader()
+    task = asyncio.create_task(coord.run_poller(reader, interval_s=0.001, timeout_s=60.0))
+    await asyncio.sleep(0.01)
+    task.cancel()
+    await asyncio.wait({task}, timeout=1.0)
+    assert task.cancelled(), "the poller kept polling after it was cancelled"
+    assert reader.polls == 1
+
+
 @pytest.mark.parametrize(
     ("reading", "why"),
     [
