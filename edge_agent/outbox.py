@@ -588,7 +588,9 @@ class AsyncOutbox:
 
     Use as `async with AsyncOutbox(functools.partial(Outbox, path)) as outbox:`. The factory
     runs on that thread too. Cancelling an awaiting task does not cancel a write already
-    started: an append still commits (the uplink reads it back with `pending`).
+    started: an append still commits (the uplink reads it back with `pending`). A write still
+    queued behind another one IS dropped with the cancelled task: callers that must not lose
+    it shield the call (`asyncio.shield`), as the agent does for its last events.
     """
 
     def __init__(self, factory: Callable[[], Outbox]) -> None:
