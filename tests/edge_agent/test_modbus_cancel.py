@@ -246,12 +246,12 @@ async def test_a_connect_that_ignores_cancellation_cannot_hold_the_reconnect_loo
     )
     started = time.monotonic()
     assert not await conn.open()  # the first attempt is given up after 0.05 s
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < 2.5  # not stuck: the stuck client never returns by itself
     await until(lambda: client.attempts >= 3, "more attempts")  # the loop goes on
     assert conn.stats.connect_failures >= 2
     started = time.monotonic()
     await conn.close()
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < 2.5  # close is bounded (2 s)
     client.release.set()  # the abandoned attempts "connect" now ...
     await asyncio.sleep(0.05)
     assert not client.connected  # ... and are closed at once: never used

@@ -141,10 +141,10 @@ async def test_a_multi_hour_outage_is_ridden_out_and_polling_resumes(
 
         failed_polls = 0
         while not conn.connected:  # the coordinator keeps polling; each poll fails fast
-            started = time.monotonic()
-            with pytest.raises(ConnectionLost):
+            # No waiting on a dead link: the read fails at once without sending a request
+            # (a wall-clock bound here would only measure the machine's load).
+            with pytest.raises(ConnectionLost, match="not connected"):
                 await source.read()
-            assert time.monotonic() - started < 0.1  # no waiting on a dead link
             failed_polls += 1
             await asyncio.sleep(0.001)
             assert failed_polls < 20_000, "never reconnected"
@@ -232,7 +232,7 @@ async def test_a_silent_device_times_out_per_request_then_reconnects(
             started = time.monotonic()
             with pytest.raises(RequestTimeout, match=r"no answer within 0.2 s"):
                 await source.read()
-            assert 0.15 < time.monotonic() - started < 1.0  # our timeout, not pymodbus' 3 s
+            assert 0.15 < time.monotonic() - started < 2.5  # our timeout, not pymodbus' 3 s
         assert conn.stats.errors["RequestTimeout"] == 3
         # Three unanswered requests in a row: the connection is not trusted any more.
         await until(lambda: conn.generation == 2, "a fresh connection")

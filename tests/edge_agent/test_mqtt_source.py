@@ -401,7 +401,7 @@ async def test_unreachable_broker_does_not_block_or_crash(
     s = source_settings(("127.0.0.1", port), prefix, connect_timeout_s=0.3)
     started = time.monotonic()
     async with make_source(s, sink, prefix) as source:
-        assert time.monotonic() - started < 1.0
+        assert time.monotonic() - started < 2.5  # start-up does not wait for an unreachable broker
         assert source.status()["state"] == "connecting"
         await wait_until(
             lambda: any("cannot reach the MQTT broker" in r.getMessage() for r in caplog.records),
