@@ -44,7 +44,8 @@ from .outbox import AsyncOutbox, Outbox
 from .readings import Quantity
 from .rest_ingest import RestIngestServer
 from .schedule_store import SaveResult, Schedule, ScheduleSource, ScheduleStore
-from .uplink import EVENTS, TELEMETRY, Uplink, UplinkState, cancel_and_wait
+from .tasks import cancel_and_wait
+from .uplink import EVENTS, TELEMETRY, Uplink, UplinkState
 
 log = logging.getLogger(__name__)
 

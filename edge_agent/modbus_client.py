@@ -60,6 +60,8 @@ from typing import Any, Literal, Protocol, TypeVar, cast
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusIOException
 
+from .tasks import cancel_and_wait
+
 log = logging.getLogger(__name__)
 
 Table = Literal["holding", "input"]
@@ -191,23 +193,6 @@ async def _honouring_cancel(awaitable: Awaitable[_T]) -> _T:
     if task is not None and task.cancelling() > before:
         raise asyncio.CancelledError
     return result
-
-
-async def _cancel_and_wait(task: asyncio.Task[Any], timeout_s: float, what: str) -> bool:
-    """Cancel ``task`` and wait at most ``timeout_s`` for it to end; False (logged) if it did
-    not. The cancel is repeated while waiting, in case a library swallowed one."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not task.done():
-        remaining = deadline - loop.time()
-        if remaining <= 0:
-            log.error("%s did not end within %g s of being cancelled; left behind", what, timeout_s)
-            return False
-        task.cancel()
-        await asyncio.wait({task}, timeout=min(0.2, remaining))
-    if not task.cancelled() and task.exception() is not None:
-        log.debug("%s ended with %r", what, task.exception())
-    return True
 
 
 def _describe(exc: BaseException) -> str:
@@ -417,7 +402,7 @@ class ModbusConnection:
         self._closed = True
         task, self._reconnect_task = self._reconnect_task, None
         if task is not None and not task.done():
-            await _cancel_and_wait(task, CLOSE_TIMEOUT_S, f"{self.name}: the reconnect task")
+            await cancel_and_wait([task], CLOSE_TIMEOUT_S, f"{self.name}: the reconnect task")
         if self._client is not None:
             self._client.close()
         await asyncio.sleep(0)  # let the transport run its connection_lost callback

@@ -77,7 +77,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from types import TracebackType
-from typing import Any, NoReturn, Self, TypeVar, cast
+from typing import NoReturn, Self, TypeVar, cast
 
 import grpc
 import grpc.aio
@@ -90,6 +90,7 @@ from . import convert
 from .convert import Ack, AckReason, Command, ConfigPatch, HeartbeatInfo, HelloInfo
 from .outbox import AckBeyondLastSeqError, AsyncOutbox, OutboxRow
 from .schedule_store import SaveResult, Schedule
+from .tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -153,33 +154,6 @@ def cancel_requested(before: int = 0) -> bool:
     """True if the current task was told to stop: more cancel requests not taken back than
     `before` (the count when the caller started, for a task that carries an old one)."""
     return _cancelling() > before
-
-
-async def cancel_and_wait(
-    tasks: Sequence[asyncio.Task[Any]], timeout_s: float, what: str
-) -> list[asyncio.Task[Any]]:
-    """Cancel `tasks` and wait at most `timeout_s` for them to end; returns those that did not
-    (logged as an error, left behind). The cancel is repeated while waiting, because a library
-    may swallow one (Python < 3.12 `asyncio.wait_for`, gRPC). A cancellation of the caller is
-    not swallowed: it interrupts the wait (the tasks have been cancelled at least once)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    pending = [t for t in tasks if not t.done()]
-    while pending:
-        remaining = deadline - loop.time()
-        if remaining <= 0:
-            log.error(
-                "%s: %s did not end within %g s of being cancelled; left behind",
-                what,
-                ", ".join(t.get_name() for t in pending),
-                timeout_s,
-            )
-            return pending
-        for task in pending:
-            task.cancel()
-        await asyncio.wait(pending, timeout=min(0.25, remaining))
-        pending = [t for t in pending if not t.done()]
-    return []
 
 
 async def _call_status(
