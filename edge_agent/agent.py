@@ -41,7 +41,6 @@ from .metrics import AgentMetrics
 from .modbus_source import ModbusSource
 from .mqtt_source import MqttSource
 from .outbox import AsyncOutbox, Outbox
-from .readings import Quantity
 from .rest_ingest import RestIngestServer
 from .schedule_store import SaveResult, Schedule, ScheduleSource, ScheduleStore
 from .tasks import cancel_and_wait
@@ -561,11 +560,6 @@ class Agent:
             f"remote configuration is not supported by this agent (keys: {keys}); "
             "change the site file and restart",
         )
-
-    # -- status ------------------------------------------------------------------------------
-
-    def quantity(self, q: Quantity) -> float | None:
-        return self.coordinator.snapshot(self.clock()).value(q)
 
 
 async def run_agent(config: SiteConfig, *, stop: asyncio.Event | None = None) -> int:
