@@ -217,18 +217,22 @@ def test_migrations_run_once_and_upgrade_an_old_store(
         make_exchange(old).place_order(order=order(Side.SELL, "1", "50"))
     engine = create_engine(store_url)
     try:
-        assert migrate(engine) == [2]
+        assert migrate(engine) == [2, 3]
         assert migrate(engine) == []
         inspector = sa.inspect(engine)
         indexes = {ix["name"] for ix in inspector.get_indexes(orders.name)}
-        assert {"ix_exchange_orders_state", "ix_exchange_orders_portfolio"} <= indexes
+        assert {
+            "ix_exchange_orders_state",
+            "ix_exchange_orders_portfolio",
+            "ix_exchange_orders_site",
+        } <= indexes
         with engine.connect() as conn:
             versions = conn.scalars(
                 sa.select(db.schema_migrations.c.version)
                 .where(db.schema_migrations.c.service == "exchange")
                 .order_by(db.schema_migrations.c.version)
             ).all()
-        assert versions == [1, 2]
+        assert versions == [1, 2, 3]
         # the schema the migrations built is the one the store's queries expect
         for table in (orders, trades):
             columns = {c["name"]: c for c in inspector.get_columns(table.name)}
@@ -285,8 +289,8 @@ def test_a_failing_migration_leaves_nothing_behind(store_url: str) -> None:
     engine = create_engine(store_url)
     try:
         with pytest.raises(StoreError, match="migrating"):
-            migrate(engine, [*MIGRATIONS, Migration(3, "broken", broken)])
-        # each migration is one transaction: 1 and 2 stayed, nothing of 3
+            migrate(engine, [*MIGRATIONS, Migration(len(MIGRATIONS) + 1, "broken", broken)])
+        # each migration is one transaction: the shipped ones stayed, nothing of the broken one
         inspector = sa.inspect(engine)
         assert not inspector.has_table("half_done")
         assert inspector.has_table(orders.name)
