@@ -17,6 +17,7 @@ from control_plane.exchange.models import DeliveryPeriod, OrderState, PlacedOrde
 from control_plane.exchange.service import Exchange
 from control_plane.exchange.store import (
     MIGRATIONS,
+    MemoryOrderStore,
     Migration,
     SqlOrderStore,
     create_engine,
@@ -297,3 +298,55 @@ def test_a_failing_migration_leaves_nothing_behind(store_url: str) -> None:
         assert migrate(engine) == []
     finally:
         engine.dispose()
+
+
+def test_site_orders_are_the_committing_ones_of_the_window(
+    sql_store: SqlOrderStore, clock: SteppedClock, make_exchange: MakeExchange
+) -> None:
+    exchange = make_exchange(sql_store)
+    before = DeliveryPeriod.quarter(DELIVERY.start - timedelta(minutes=15))
+    after = DeliveryPeriod.quarter(DELIVERY.end)
+    block = DeliveryPeriod.hour_block(DELIVERY.start - timedelta(hours=1))  # 09:00-10:00
+    placed = [
+        exchange.place_order(order=new)
+        for new in (
+            order(Side.BUY, "1", "10", site="s1", delivery=before),  # 1 open
+            order(Side.BUY, "1", "10", site="s2", delivery=before),  # 2 other site
+            order(Side.BUY, "1", "10", site="s1", delivery=after),  # 3 after the window
+            order(Side.SELL, "0.5", "5", site="s1"),  # 4 filled by 5
+            order(Side.BUY, "0.5", "20", portfolio="mm"),  # 5 no site
+            order(Side.SELL, "1", "900", site="s1"),  # 6 cancelled unfilled
+            order(Side.SELL, "1", "100", site="s1", delivery=block),  # 7 block overlapping
+        )
+    ]
+    exchange.cancel_order(order_id=placed[5].order.order_id)
+    found = sql_store.site_orders(site="s1", delivery_from=before.start, delivery_to=DELIVERY.end)
+    assert [o.order_id for o in found] == [1, 4, 7]
+    assert found[1].filled_mw == Decimal("0.5")
+    # the window's start is exclusive of a block that ended before it
+    later = sql_store.site_orders(site="s1", delivery_from=DELIVERY.start, delivery_to=after.end)
+    assert [o.order_id for o in later] == [3, 4]
+    memory = MemoryOrderStore()
+    replica = make_exchange(memory)
+    for p in placed:
+        replica.place_order(order=_as_new(p.order))
+    replica.cancel_order(order_id=6)
+    assert (
+        memory.site_orders(site="s1", delivery_from=before.start, delivery_to=DELIVERY.end) == found
+    )
+    assert (
+        exchange.site_orders(site="s1", delivery_from=before.start, delivery_to=DELIVERY.end)
+        == found
+    )
+
+
+def _as_new(o: Any) -> Any:
+    return order(
+        o.side,
+        o.quantity_mw,
+        o.limit_price_eur_per_mwh,
+        portfolio=o.portfolio,
+        counterparty=o.counterparty,
+        site=o.site,
+        delivery=o.delivery,
+    )
