@@ -3,7 +3,8 @@
     bess-plane serve [--config FILE]     HTTP API + EdgeLink gRPC server in one process
     bess-plane check-config [--config FILE]
 
-Settings come from the file and the environment (see `control_plane/config.py`).
+Settings come from the file and the environment (see `control_plane/config.py`); the exchange
+policy file (`POLICY_PATH`) is validated by both commands, and a bad one stops the plane.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from . import __version__
 from .config import PlaneSettings, SettingsError, load_settings
+from .exchange.policy import Policy, PolicyError, load_policy
 
 log = logging.getLogger("control_plane")
 
@@ -83,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     for name, text in (
         ("serve", "run the HTTP API and the EdgeLink server"),
-        ("check-config", "validate the settings and print them (secrets masked)"),
+        ("check-config", "validate the settings and the policy file, print them (secrets masked)"),
     ):
         sub = commands.add_parser(name, help=text)
         sub.add_argument("--config", type=Path, help="settings file (YAML); env vars override it")
@@ -93,8 +95,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"bess-plane: {exc}", file=sys.stderr)
         return 2
+    policy: Policy | None = None
+    if settings.policy_path is not None:
+        try:  # a bad policy stops the plane before it starts, with every problem named
+            policy = load_policy(settings.policy_path)
+        except PolicyError as exc:
+            print(f"bess-plane: {exc}", file=sys.stderr)
+            return 2
     if args.command == "check-config":
-        print(json.dumps(settings.model_dump(mode="json"), indent=2))
+        shown = settings.model_dump(mode="json")
+        if policy is not None:
+            shown["policy"] = policy.model_dump(mode="json")
+        print(json.dumps(shown, indent=2))
         return 0
     configure_logging(settings)
     try:

@@ -3,7 +3,8 @@ caller of `create_app(settings)`, then passed down (STYLE item 4).
 
 Precedence: defaults < the settings file (`bess-plane serve --config FILE`, YAML, keys are the
 field names below) < environment variables. Environment names: `SQLITE_PATH`, `DATABASE_URL`
-(a PostgreSQL DSN; it wins over SQLite when set) and `BESS_PLANE_<FIELD>` for the rest, e.g.
+(a PostgreSQL DSN; it wins over SQLite when set), `POLICY_PATH` (the exchange's pre-trade
+policy, `control_plane/exchange/policy.py`) and `BESS_PLANE_<FIELD>` for the rest, e.g.
 `BESS_PLANE_HTTP_PORT`, `BESS_PLANE_GRPC_PORT`, `BESS_PLANE_PROFILE`, `BESS_PLANE_LOG_FORMAT`.
 
 Authentication is not implemented yet (a later slice), so the plane refuses to listen on
@@ -51,6 +52,11 @@ class PlaneSettings(BaseSettings):
         default=None,
         validation_alias=AliasChoices("DATABASE_URL", "database_url"),
         description="PostgreSQL DSN (postgresql://user@host/db); wins over SQLite when set",
+    )
+    policy_path: Path | None = Field(
+        default=None,
+        validation_alias=AliasChoices("POLICY_PATH", "policy_path"),
+        description="exchange pre-trade policy (YAML); unset = the built-in defaults",
     )
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=9000, ge=0, le=65535)
@@ -135,7 +141,11 @@ def load_settings(config_file: Path | None = None) -> PlaneSettings:
 
 def _by_field(values: dict[str, Any]) -> dict[str, Any]:
     """Env values keyed by field name, so they replace file values of the same field."""
-    aliases = {"SQLITE_PATH": "sqlite_path", "DATABASE_URL": "database_url"}
+    aliases = {
+        "SQLITE_PATH": "sqlite_path",
+        "DATABASE_URL": "database_url",
+        "POLICY_PATH": "policy_path",
+    }
     return {aliases.get(key, aliases.get(key.upper(), key)): v for key, v in values.items()}
 
 

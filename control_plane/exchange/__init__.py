@@ -3,7 +3,8 @@ time, persisted atomically (SQLite by default, PostgreSQL for scale-out).
 
 Modules: `models` (domain types), `book` (the pure in-memory book), `service` (the matching
 engine, `Exchange`), `store` (persistence), `exposure` (positions and PnL), `errors` (the
-error tree).
+error tree), `policy` (policy.yaml), `checks` (the pre-trade checks it configures),
+`metrics` (Prometheus).
 """
 
 from control_plane.exchange.errors import (

@@ -22,9 +22,12 @@ event loop.
 4. commit order + trades + counter orders in one transaction;
 5. only then apply them to the in-memory book, and rest any remainder.
 
-If the commit fails (`StoreError`) the book was not touched. The engine still reloads all books
-from the store before the next call, because a commit can fail *after* the database applied it
-(a connection lost while the COMMIT was in flight): the store, not memory, is the truth.
+After the commit the placement's trades are added to the in-memory position book (exposure
+and realised PnL per portfolio, `exposure.PositionBook`) and the metrics, if any, are updated.
+If the commit fails (`StoreError`) the book, the positions and the metrics were not touched.
+The engine still reloads all books and positions from the store before the next call, because
+a commit can fail *after* the database applied it (a connection lost while the COMMIT was in
+flight): the store, not memory, is the truth.
 
 **Time** comes from the injected clock (UTC-aware). An order whose delivery period starts
 within the market's gate closure, or has started, is refused.
@@ -50,7 +53,8 @@ from control_plane.exchange.errors import (
     OrderValidationError,
     StoreError,
 )
-from control_plane.exchange.exposure import PortfolioExposure, portfolio_exposure
+from control_plane.exchange.exposure import PortfolioExposure, PositionBook
+from control_plane.exchange.metrics import ExchangeMetrics
 from control_plane.exchange.models import (
     PRICE_STEP_EUR_PER_MWH,
     QUANTITY_STEP_MW,
@@ -78,7 +82,8 @@ Clock = Callable[[], datetime]
 PreTradeCheck = Callable[[Order], str | None]
 """Gets the validated order (state ACCEPTED, nothing filled); returns None to let it through
 or the reason to reject it. Runs under the engine's lock: it may call the engine's read
-methods (the lock is re-entrant) but must not place or cancel orders."""
+methods (the lock is re-entrant) but must not place or cancel orders. Its `name` attribute (or
+`__name__`) labels the rejection in the metrics."""
 
 MAX_NAME_LENGTH = 64
 
@@ -99,13 +104,16 @@ class Exchange:
         clock: Clock = utc_now,
         pricing: PricingRule = PricingRule.MIDPOINT,
         pre_trade_checks: Sequence[PreTradeCheck] = (),
+        metrics: ExchangeMetrics | None = None,
     ) -> None:
-        """Rebuild the books from `store` (`StoreError` if it cannot be read)."""
+        """Rebuild the books and positions from `store` (`StoreError` if it cannot be read)."""
         self._store = store
         self._markets = markets
         self._clock = clock
         self._pricing = PricingRule(pricing)
         self._checks = tuple(pre_trade_checks)
+        self._metrics = metrics
+        self._positions = PositionBook()
         self._lock = threading.RLock()
         self._books: dict[BookKey, OrderBook] = {}
         self._book_of: dict[int, BookKey] = {}
@@ -131,12 +139,15 @@ class Exchange:
             self._ensure_fresh()
             now = self._now()
             candidate = self._validate(order, now=now, order_id=self._last_order_id + 1)
-            reason = self._pre_trade_reason(candidate)
-            if reason is not None:
+            refusal = self._pre_trade_reason(candidate)
+            if refusal is not None:
+                check, reason = refusal
                 rejected = replace(candidate, state=OrderState.REJECTED, reject_reason=reason)
                 placed = PlacedOrder(rejected)
                 self._commit(lambda: self._store.commit_placement(placed))
                 self._last_order_id = rejected.order_id
+                if self._metrics is not None:
+                    self._metrics.placed(placed, rejected_by=check)
                 log.info("order %d rejected: %s", rejected.order_id, reason)
                 return placed
             key = candidate.book_key
@@ -144,6 +155,11 @@ class Exchange:
             fills = book.plan(candidate, pricing=self._pricing)
             placed = self._execute(candidate, fills, now=now)
             self._commit(lambda: self._store.commit_placement(placed))
+            touched = self._positions.add(placed.trades)
+            if self._metrics is not None:
+                self._metrics.placed(placed)
+                for portfolio in sorted(touched):
+                    self._metrics.exposure(self._positions.exposure(portfolio))
             try:
                 book.apply(incoming=placed.order, counter_orders=placed.counter_orders)
             except Exception:
@@ -180,6 +196,8 @@ class Exchange:
                 raise StoreError(f"order {order_id} was indexed but not in its book; reloading")
             cancelled = replace(current, state=OrderState.CANCELLED, updated_at=self._now())
             self._commit(lambda: self._store.commit_cancel(cancelled))
+            if self._metrics is not None:
+                self._metrics.cancelled(cancelled.market)
             book.remove(order_id)
             del self._book_of[order_id]
             self._keep(book)
@@ -252,9 +270,28 @@ class Exchange:
             portfolio=portfolio, market=market, delivery=delivery, limit=limit
         )
 
+    def site_orders(
+        self, *, site: str, delivery_from: datetime, delivery_to: datetime
+    ) -> list[Order]:
+        """The site's open or (partly) filled orders delivering in [from, to), oldest first."""
+        return self._store.site_orders(
+            site=site, delivery_from=delivery_from, delivery_to=delivery_to
+        )
+
     def exposure(self, *, portfolio: str) -> PortfolioExposure:
-        """Net energy, cash, realised PnL and open value of `portfolio` from its trades."""
-        return portfolio_exposure(portfolio, self._store.list_trades(portfolio=portfolio))
+        """Net energy, cash, realised PnL and open value of `portfolio`; O(its positions).
+
+        A portfolio without trades has no positions (all figures 0).
+        """
+        with self._lock:
+            self._ensure_fresh()
+            return self._positions.exposure(portfolio)
+
+    def portfolios(self) -> list[str]:
+        """Every portfolio with at least one trade, sorted."""
+        with self._lock:
+            self._ensure_fresh()
+            return self._positions.portfolios()
 
     # -- internals ------------------------------------------------------------------------
 
@@ -269,9 +306,11 @@ class Exchange:
             self._reload()
 
     def _reload(self) -> None:
-        """Rebuild every book from the store's open orders (at start and after a failure)."""
+        """Rebuild the books from the store's open orders and the positions from its trades
+        (at start and after a failure)."""
         open_orders = self._store.load_open_orders()
         last_order_id, last_trade_id = self._store.last_ids()
+        positions = PositionBook(self._store.list_trades())
         books: dict[BookKey, OrderBook] = {}
         book_of: dict[int, BookKey] = {}
         for order in open_orders:  # oldest first: arrival order is time priority
@@ -283,7 +322,11 @@ class Exchange:
             book_of[order.order_id] = key
         self._books, self._book_of = books, book_of
         self._last_order_id, self._last_trade_id = last_order_id, last_trade_id
+        self._positions = positions
         self._stale = False
+        if self._metrics is not None:
+            for exposure in positions:
+                self._metrics.exposure(exposure)
         log.info(
             "exchange: %d open orders in %d books loaded, last order %d, last trade %d",
             len(open_orders),
@@ -308,16 +351,21 @@ class Exchange:
         else:
             self._books.pop(book.key, None)
 
-    def _pre_trade_reason(self, order: Order) -> str | None:
+    def _pre_trade_reason(self, order: Order) -> tuple[str, str] | None:
+        """(name of the check, reason) of the first check that refuses `order`, else None."""
         for check in self._checks:
-            name = getattr(check, "__name__", type(check).__name__)
+            name = str(
+                getattr(check, "name", None)
+                or getattr(check, "__name__", None)
+                or type(check).__name__
+            )
             try:
                 reason = check(order)
             except Exception as exc:
                 log.exception("pre-trade check %s failed on order %d", name, order.order_id)
-                return f"pre-trade check {name} failed: {type(exc).__name__}: {exc}"
+                return name, f"pre-trade check {name} failed: {type(exc).__name__}: {exc}"
             if reason is not None:
-                return reason or f"rejected by pre-trade check {name}"
+                return name, reason or f"rejected by pre-trade check {name}"
         return None
 
     def _execute(self, incoming: Order, fills: Iterable[Fill], *, now: datetime) -> PlacedOrder:

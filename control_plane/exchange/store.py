@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -46,8 +46,10 @@ from control_plane import db
 from control_plane.db import Migration
 from control_plane.exchange.errors import StoreConflictError, StoreError
 from control_plane.exchange.models import (
+    BLOCK_MINUTES,
     PRICE_STEP_EUR_PER_MWH,
     QUANTITY_STEP_MW,
+    QUARTER_MINUTES,
     TRADE_PRICE_STEP_EUR_PER_MWH,
     DeliveryPeriod,
     Order,
@@ -118,7 +120,26 @@ class OrderStore(Protocol):
         """Trades in execution order (oldest first); `limit` keeps the newest."""
         ...
 
+    def site_orders(
+        self, *, site: str, delivery_from: datetime, delivery_to: datetime
+    ) -> list[Order]:
+        """The site's orders that commit it: open, or (partly) filled; oldest first.
+
+        Only orders delivering in [delivery_from, delivery_to) (an hour block overlapping the
+        window counts); a cancelled order counts with what it traded before the cancel.
+        """
+        ...
+
     def close(self) -> None: ...
+
+
+def _commits_site(order: Order, site: str, start: datetime, end: datetime) -> bool:
+    return (
+        order.site == site
+        and (order.is_open or order.filled_mw > 0)
+        and order.delivery.start < end
+        and order.delivery.end > start
+    )
 
 
 def _traded_in(placed: PlacedOrder, order_id: int) -> Decimal:
@@ -204,6 +225,18 @@ class MemoryOrderStore:
         if limit is None:
             return found
         return found[-limit:] if limit > 0 else []
+
+    def site_orders(
+        self, *, site: str, delivery_from: datetime, delivery_to: datetime
+    ) -> list[Order]:
+        return sorted(
+            (
+                o
+                for o in self._orders.values()
+                if _commits_site(o, site, delivery_from, delivery_to)
+            ),
+            key=lambda o: o.order_id,
+        )
 
     def close(self) -> None:
         pass
@@ -313,9 +346,17 @@ def _v2_indexes(conn: Connection) -> None:
         conn.execute(sa.text(statement))
 
 
+def _v3_site_index(conn: Connection) -> None:
+    # the SoC feasibility check: a site's orders for the quarters up to a delivery period
+    conn.execute(
+        sa.text("CREATE INDEX ix_exchange_orders_site ON exchange_orders (site, delivery_start)")
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "orders and trades", _v1_tables),
     Migration(2, "indexes: open orders, portfolios, trades per order and book", _v2_indexes),
+    Migration(3, "index: orders per site and delivery (SoC feasibility)", _v3_site_index),
 )
 
 
@@ -623,6 +664,25 @@ class SqlOrderStore:
             found = [_trade_from_row(row) for row in conn.execute(query)]
         found.reverse()
         return found
+
+    def site_orders(
+        self, *, site: str, delivery_from: datetime, delivery_to: datetime
+    ) -> list[Order]:
+        # an hour block starting up to 45 min before the window still delivers in it
+        earliest = delivery_from - timedelta(minutes=BLOCK_MINUTES - QUARTER_MINUTES)
+        query = (
+            sa.select(orders)
+            .where(
+                orders.c.site == site,
+                orders.c.delivery_start >= earliest,
+                orders.c.delivery_start < delivery_to,
+                sa.or_(orders.c.state.in_(_OPEN_STATES), orders.c.filled_kw > 0),
+            )
+            .order_by(orders.c.order_id)
+        )
+        with self._read() as conn:
+            found = [_order_from_row(row) for row in conn.execute(query)]
+        return [o for o in found if _commits_site(o, site, delivery_from, delivery_to)]
 
     def _read(self) -> AbstractContextManager[Connection]:
         return _transaction(self._engine)

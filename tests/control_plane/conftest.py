@@ -16,8 +16,8 @@ PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 @pytest.fixture(autouse=True)
 def _no_plane_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A developer's DATABASE_URL or SQLITE_PATH must not redirect the tests."""
-    for name in ("DATABASE_URL", "SQLITE_PATH"):
+    """A developer's DATABASE_URL, SQLITE_PATH or POLICY_PATH must not redirect the tests."""
+    for name in ("DATABASE_URL", "SQLITE_PATH", "POLICY_PATH"):
         monkeypatch.delenv(name, raising=False)
 
 

@@ -77,3 +77,26 @@ def test_cli_check_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     path.write_text("http_host: 0.0.0.0\n")
     assert main(["check-config", "--config", str(path)]) == 2
     assert "no authentication yet" in capsys.readouterr().err
+
+
+def test_policy_path_from_the_environment_is_validated_by_check_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert PlaneSettings().policy_path is None
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("soc:\n  min_pct: 20\n")
+    config = tmp_path / "plane.yaml"
+    config.write_text(f"policy_path: {tmp_path / 'from-file.yaml'}\n")
+    monkeypatch.setenv("POLICY_PATH", str(policy))
+    assert load_settings(config).policy_path == policy  # the environment wins
+    assert main(["check-config"]) == 0
+    assert '"min_pct": 20.0' in capsys.readouterr().out
+    policy.write_text("soc:\n  min_pct: 95\n  max_pct: 90\nthrottle:\n  burst: 3\n")
+    assert main(["check-config"]) == 2
+    err = capsys.readouterr().err
+    assert f"policy file {policy} is invalid" in err
+    assert "soc: min_pct 95.0 must be below max_pct 90.0" in err
+    assert "throttle.burst: unknown key" in err
+    monkeypatch.setenv("POLICY_PATH", str(tmp_path / "missing.yaml"))
+    assert main(["serve"]) == 2  # stops before serving
+    assert "missing.yaml: No such file or directory" in capsys.readouterr().err

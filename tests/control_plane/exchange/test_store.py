@@ -17,6 +17,7 @@ from control_plane.exchange.models import DeliveryPeriod, OrderState, PlacedOrde
 from control_plane.exchange.service import Exchange
 from control_plane.exchange.store import (
     MIGRATIONS,
+    MemoryOrderStore,
     Migration,
     SqlOrderStore,
     create_engine,
@@ -217,18 +218,22 @@ def test_migrations_run_once_and_upgrade_an_old_store(
         make_exchange(old).place_order(order=order(Side.SELL, "1", "50"))
     engine = create_engine(store_url)
     try:
-        assert migrate(engine) == [2]
+        assert migrate(engine) == [2, 3]
         assert migrate(engine) == []
         inspector = sa.inspect(engine)
         indexes = {ix["name"] for ix in inspector.get_indexes(orders.name)}
-        assert {"ix_exchange_orders_state", "ix_exchange_orders_portfolio"} <= indexes
+        assert {
+            "ix_exchange_orders_state",
+            "ix_exchange_orders_portfolio",
+            "ix_exchange_orders_site",
+        } <= indexes
         with engine.connect() as conn:
             versions = conn.scalars(
                 sa.select(db.schema_migrations.c.version)
                 .where(db.schema_migrations.c.service == "exchange")
                 .order_by(db.schema_migrations.c.version)
             ).all()
-        assert versions == [1, 2]
+        assert versions == [1, 2, 3]
         # the schema the migrations built is the one the store's queries expect
         for table in (orders, trades):
             columns = {c["name"]: c for c in inspector.get_columns(table.name)}
@@ -285,11 +290,63 @@ def test_a_failing_migration_leaves_nothing_behind(store_url: str) -> None:
     engine = create_engine(store_url)
     try:
         with pytest.raises(StoreError, match="migrating"):
-            migrate(engine, [*MIGRATIONS, Migration(3, "broken", broken)])
-        # each migration is one transaction: 1 and 2 stayed, nothing of 3
+            migrate(engine, [*MIGRATIONS, Migration(len(MIGRATIONS) + 1, "broken", broken)])
+        # each migration is one transaction: the shipped ones stayed, nothing of the broken one
         inspector = sa.inspect(engine)
         assert not inspector.has_table("half_done")
         assert inspector.has_table(orders.name)
         assert migrate(engine) == []
     finally:
         engine.dispose()
+
+
+def test_site_orders_are_the_committing_ones_of_the_window(
+    sql_store: SqlOrderStore, clock: SteppedClock, make_exchange: MakeExchange
+) -> None:
+    exchange = make_exchange(sql_store)
+    before = DeliveryPeriod.quarter(DELIVERY.start - timedelta(minutes=15))
+    after = DeliveryPeriod.quarter(DELIVERY.end)
+    block = DeliveryPeriod.hour_block(DELIVERY.start - timedelta(hours=1))  # 09:00-10:00
+    placed = [
+        exchange.place_order(order=new)
+        for new in (
+            order(Side.BUY, "1", "10", site="s1", delivery=before),  # 1 open
+            order(Side.BUY, "1", "10", site="s2", delivery=before),  # 2 other site
+            order(Side.BUY, "1", "10", site="s1", delivery=after),  # 3 after the window
+            order(Side.SELL, "0.5", "5", site="s1"),  # 4 filled by 5
+            order(Side.BUY, "0.5", "20", portfolio="mm"),  # 5 no site
+            order(Side.SELL, "1", "900", site="s1"),  # 6 cancelled unfilled
+            order(Side.SELL, "1", "100", site="s1", delivery=block),  # 7 block overlapping
+        )
+    ]
+    exchange.cancel_order(order_id=placed[5].order.order_id)
+    found = sql_store.site_orders(site="s1", delivery_from=before.start, delivery_to=DELIVERY.end)
+    assert [o.order_id for o in found] == [1, 4, 7]
+    assert found[1].filled_mw == Decimal("0.5")
+    # the window's start is exclusive of a block that ended before it
+    later = sql_store.site_orders(site="s1", delivery_from=DELIVERY.start, delivery_to=after.end)
+    assert [o.order_id for o in later] == [3, 4]
+    memory = MemoryOrderStore()
+    replica = make_exchange(memory)
+    for p in placed:
+        replica.place_order(order=_as_new(p.order))
+    replica.cancel_order(order_id=6)
+    assert (
+        memory.site_orders(site="s1", delivery_from=before.start, delivery_to=DELIVERY.end) == found
+    )
+    assert (
+        exchange.site_orders(site="s1", delivery_from=before.start, delivery_to=DELIVERY.end)
+        == found
+    )
+
+
+def _as_new(o: Any) -> Any:
+    return order(
+        o.side,
+        o.quantity_mw,
+        o.limit_price_eur_per_mwh,
+        portfolio=o.portfolio,
+        counterparty=o.counterparty,
+        site=o.site,
+        delivery=o.delivery,
+    )
