@@ -317,6 +317,18 @@ class FleetStore:
         with self.engine.connect() as conn:
             return {row["site_id"]: _sample(row) for row in conn.execute(query).mappings()}
 
+    def latest_sample(self, site_id: str) -> TelemetrySample | None:
+        """The newest reading (by timestamp, then seq) of one site; None if it has none."""
+        query = (
+            sa.select(telemetry)
+            .where(telemetry.c.site_id == site_id)
+            .order_by(telemetry.c.timestamp_unix_ms.desc(), telemetry.c.seq.desc())
+            .limit(1)
+        )
+        with self.engine.connect() as conn:
+            row = conn.execute(query).mappings().first()
+        return _sample(row) if row is not None else None
+
     def samples(
         self,
         site_id: str,
