@@ -242,4 +242,5 @@ async def _close_websocket(websocket: WebSocket, exc: WebSocketAuthError) -> Non
 
 def install(app: FastAPI) -> None:
     """Register the handler that turns WebSocketAuthError into a 4401/4403 close."""
-    app.add_exception_handler(WebSocketAuthError, cast(object, _close_websocket))  # type: ignore[arg-type]
+    # Starlette types handlers as taking a Request; for a WebSocket scope it passes the socket.
+    app.add_exception_handler(WebSocketAuthError, _close_websocket)  # type: ignore[arg-type]
