@@ -6,6 +6,12 @@ grpc.aio server on the configured port (0 = a free one; the bound port is `app.s
 and on the way out drains the agent sessions, stops the server with a grace period and closes
 the store. Operational routes: `/health` (the process answers), `/ready` (the store answers),
 `/metrics` (Prometheus text format).
+
+Access control (control_plane/auth): every other route depends on a role (`ViewerDep`,
+`TraderDep`, ...). The open ones are listed in `OPEN_PATHS`; tests/control_plane/test_access.py
+walks the routes and fails for any other route that answers without credentials. /ready is
+open because orchestrator probes carry no key, so it says only "ready" or "unavailable".
+/docs and /openapi.json are open: they describe the API and reveal no data.
 """
 
 from __future__ import annotations
@@ -23,6 +29,11 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 
 from . import __version__, db
+from .auth import api as auth_api
+from .auth import deps as auth_deps
+from .auth.keys import KeyStore
+from .auth.service import AuthMetrics, AuthService, utc_now
+from .auth.signing import HmacVerifier
 from .config import PlaneSettings
 from .fleet import api as fleet_api
 from .fleet.edgelink import start_server
@@ -30,6 +41,11 @@ from .fleet.service import FleetMetrics, FleetService
 from .fleet.store import FleetStore
 
 log = logging.getLogger(__name__)
+
+OPEN_PATHS = frozenset(
+    {"/health", "/ready", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
+)
+"""Routes anyone may call: probes, metrics and the API description (no data)."""
 
 
 def create_app(settings: PlaneSettings) -> FastAPI:
@@ -41,6 +57,7 @@ def create_app(settings: PlaneSettings) -> FastAPI:
         registry=registry,
     )
     fleet_metrics = FleetMetrics(registry)
+    auth_metrics = AuthMetrics(registry)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -48,6 +65,18 @@ def create_app(settings: PlaneSettings) -> FastAPI:
             url = settings.database_url.get_secret_value() if settings.database_url else None
             engine = db.create_engine(database_url=url, sqlite_path=settings.sqlite_file)
             stack.callback(engine.dispose)
+            hmac_key = settings.hmac_key()
+            auth = AuthService(
+                store=KeyStore(engine),
+                static_key=settings.api_key.get_secret_value() if settings.api_key else None,
+                static_role=settings.api_key_role,
+                hmac_verifier=None
+                if hmac_key is None
+                else HmacVerifier(hmac_key, role=settings.hmac_role, clock=utc_now),
+                metrics=auth_metrics,
+            )
+            await asyncio.to_thread(auth.open)
+            app.state.auth = auth
             fleet = FleetService(
                 store=FleetStore(engine),
                 metrics=fleet_metrics,
@@ -81,10 +110,12 @@ def create_app(settings: PlaneSettings) -> FastAPI:
         version=__version__,
         lifespan=lifespan,
         description="Fleet status, telemetry history and schedules of battery sites. "
-        "Authentication is not implemented yet: keep the plane on a trusted network.",
+        "Every /api route needs an API key (`Authorization: Bearer <key>` or `X-API-Key`) or "
+        "an HMAC-SHA256 signature; roles: viewer, trader, technician, telemetry, admin.",
     )
     app.state.settings = settings
     app.state.registry = registry
+    auth_deps.install(app)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -121,21 +152,23 @@ def create_app(settings: PlaneSettings) -> FastAPI:
 
     @app.get("/ready", tags=["operations"])
     async def ready(request: Request) -> JSONResponse:
-        """Readiness: the store answers a query."""
+        """Readiness: the store answers a query (open to probes, so it tells nothing more)."""
         engine = getattr(request.app.state, "engine", None)
         if engine is None:
             return JSONResponse({"status": "starting"}, status_code=503)
         try:
             await asyncio.to_thread(db.ping, engine)
         except db.StoreError as exc:
-            return JSONResponse({"status": "unavailable", "detail": str(exc)}, status_code=503)
-        return JSONResponse({"status": "ready", "store": engine.dialect.name})
+            log.warning("ready: %s", exc)
+            return JSONResponse({"status": "unavailable"}, status_code=503)
+        return JSONResponse({"status": "ready"})
 
     @app.get("/metrics", tags=["operations"], include_in_schema=False)
     async def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     app.include_router(fleet_api.router)
+    app.include_router(auth_api.router)
     return app
 
 

@@ -7,9 +7,12 @@ field names below) < environment variables. Environment names: `SQLITE_PATH`, `D
 policy, `control_plane/exchange/policy.py`) and `BESS_PLANE_<FIELD>` for the rest, e.g.
 `BESS_PLANE_HTTP_PORT`, `BESS_PLANE_GRPC_PORT`, `BESS_PLANE_PROFILE`, `BESS_PLANE_LOG_FORMAT`.
 
-Authentication is not implemented yet (a later slice), so the plane refuses to listen on
-anything but loopback unless `allow_unauthenticated_remote` is set, and refuses that in the
-production profile.
+Access control (control_plane/auth): every HTTP route but /health, /ready, /metrics and the
+docs needs an API key or an HMAC signature, so the HTTP API may bind any address. The EdgeLink
+gRPC server has no authentication yet (mTLS is its own slice): it refuses a non-loopback
+`grpc_host` unless `allow_unauthenticated_remote` is set, and that is refused in production.
+Secrets (`HMAC_SECRET`, `API_KEY`) must be at least 32 characters and not the spec's demo
+values outside the development profile.
 """
 
 from __future__ import annotations
@@ -27,7 +30,13 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from .auth.models import Role
+
 ENV_PREFIX = "BESS_PLANE_"
+MIN_SECRET_CHARS = 32
+DEMO_SECRETS = frozenset({"demo", "phoenyra_demo_secret", "bess_telemetry_key"})
+"""The spec's sample values: fine on a developer's laptop, refused anywhere else."""
+HOW_TO_GENERATE = 'python -c "import secrets; print(secrets.token_urlsafe(32))"'
 
 
 class SettingsError(ValueError):
@@ -62,7 +71,26 @@ class PlaneSettings(BaseSettings):
     http_port: int = Field(default=9000, ge=0, le=65535)
     grpc_host: str = "127.0.0.1"
     grpc_port: int = Field(default=50051, ge=0, le=65535)
-    allow_unauthenticated_remote: bool = False
+    allow_unauthenticated_remote: bool = Field(
+        default=False,
+        description="let the EdgeLink gRPC server bind a non-loopback address without mTLS "
+        "(development only)",
+    )
+    hmac_secret: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("HMAC_SECRET", "hmac_secret"),
+        description="shared secret of HMAC-signed requests; unset = signing disabled",
+    )
+    hmac_secret_file: Path | None = Field(
+        default=None, description="file holding the HMAC secret (instead of hmac_secret)"
+    )
+    hmac_role: Role = Field(default=Role.TRADER, description="role of HMAC-signed requests")
+    api_key: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("API_KEY", "api_key"),
+        description="optional static key from the environment (bootstrap, read-mostly)",
+    )
+    api_key_role: Role = Field(default=Role.VIEWER, description="role of the static API_KEY")
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     heartbeat_interval_s: int = Field(default=10, ge=1, le=3600)
@@ -88,22 +116,25 @@ class PlaneSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _refuse_contradictions(self) -> Self:
-        remote = [
-            f"{name} {host!r}"
-            for name, host in (("http_host", self.http_host), ("grpc_host", self.grpc_host))
-            if not _is_loopback(host)
-        ]
-        if remote and not self.allow_unauthenticated_remote:
+        if not _is_loopback(self.grpc_host) and not self.allow_unauthenticated_remote:
             raise ValueError(
-                f"{' and '.join(remote)} is not a loopback address, but the plane has no "
-                "authentication yet: bind to 127.0.0.1 (put a reverse proxy with auth in front) "
-                "or set allow_unauthenticated_remote in a development setup"
+                f"grpc_host {self.grpc_host!r} is not a loopback address, but EdgeLink has no "
+                "authentication yet (mTLS is a later slice): bind it to 127.0.0.1 (agents reach "
+                "it through a tunnel or an authenticating proxy) or set "
+                "allow_unauthenticated_remote in a development setup"
             )
         if self.allow_unauthenticated_remote and self.profile == "production":
             raise ValueError(
-                "allow_unauthenticated_remote is refused in the production profile: the plane "
+                "allow_unauthenticated_remote is refused in the production profile: EdgeLink "
                 "has no authentication yet"
             )
+        if self.hmac_secret is not None and self.hmac_secret_file is not None:
+            raise ValueError("set hmac_secret (HMAC_SECRET) or hmac_secret_file, not both")
+        hmac_key = self.hmac_key()
+        if hmac_key is not None:
+            _check_secret("HMAC_SECRET", hmac_key.decode(errors="replace"), self.profile)
+        if self.api_key is not None:
+            _check_secret("API_KEY", self.api_key.get_secret_value(), self.profile)
         if self.database_url is not None:
             dsn = self.database_url.get_secret_value()
             if not dsn.startswith(("postgresql://", "postgresql+psycopg://", "postgres://")):
@@ -111,6 +142,19 @@ class PlaneSettings(BaseSettings):
                     "DATABASE_URL must be a PostgreSQL DSN (postgresql://user@host:5432/db)"
                 )
         return self
+
+    def hmac_key(self) -> bytes | None:
+        """The HMAC secret from the setting or its file (trailing newline stripped)."""
+        if self.hmac_secret is not None:
+            return self.hmac_secret.get_secret_value().encode()
+        if self.hmac_secret_file is None:
+            return None
+        try:
+            return self.hmac_secret_file.read_bytes().rstrip(b"\r\n")
+        except OSError as exc:
+            raise ValueError(
+                f"hmac_secret_file {self.hmac_secret_file}: {exc.strerror or exc}"
+            ) from None
 
     @property
     def sqlite_file(self) -> Path:
@@ -145,6 +189,8 @@ def _by_field(values: dict[str, Any]) -> dict[str, Any]:
         "SQLITE_PATH": "sqlite_path",
         "DATABASE_URL": "database_url",
         "POLICY_PATH": "policy_path",
+        "HMAC_SECRET": "hmac_secret",
+        "API_KEY": "api_key",
     }
     return {aliases.get(key, aliases.get(key.upper(), key)): v for key, v in values.items()}
 
@@ -161,6 +207,23 @@ def _read_file(path: Path) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise SettingsError(f"settings file {path} must hold a mapping of setting: value")
     return {str(k): v for k, v in raw.items()}
+
+
+def _check_secret(name: str, secret: str, profile: str) -> None:
+    if not secret.strip():
+        raise ValueError(f"{name} is empty: unset it, or generate one with {HOW_TO_GENERATE}")
+    if profile == "development":
+        return
+    if secret in DEMO_SECRETS:
+        raise ValueError(
+            f"{name} is the spec's demo value, refused in the {profile} profile: "
+            f"generate one with {HOW_TO_GENERATE}"
+        )
+    if len(secret) < MIN_SECRET_CHARS:
+        raise ValueError(
+            f"{name} has {len(secret)} characters, at least {MIN_SECRET_CHARS} are needed in "
+            f"the {profile} profile: generate one with {HOW_TO_GENERATE}"
+        )
 
 
 def _is_loopback(host: str) -> bool:

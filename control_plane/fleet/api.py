@@ -2,6 +2,9 @@
 
 Only translation here (STYLE item 10): domain errors become HTTP errors, domain values become
 the response models of `schemas.py`.
+
+Roles: reads need viewer, schedules (they steer batteries) trader, external telemetry the
+narrow `telemetry` role (a data logger's key; technician and admin keys may post it too).
 """
 
 from __future__ import annotations
@@ -9,8 +12,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, status
+from fastapi import APIRouter, Depends, HTTPException, Query, status
 
+from control_plane.auth.deps import require
+from control_plane.auth.models import Role
 from control_plane.deps import FleetDep
 
 from .models import UnknownSiteError, utc_now
@@ -33,6 +38,10 @@ router = APIRouter(tags=["fleet"])
 Start = Annotated[datetime | None, Query(description="from this time (inclusive, ISO 8601)")]
 End = Annotated[datetime | None, Query(description="until this time (exclusive, ISO 8601)")]
 Limit = Annotated[int, Query(ge=1, le=10_000)]
+
+VIEWER = [Depends(require(Role.VIEWER))]
+TRADER = [Depends(require(Role.TRADER))]
+TELEMETRY = [Depends(require(Role.TELEMETRY))]
 
 
 def _not_found(exc: UnknownSiteError) -> HTTPException:
@@ -59,24 +68,24 @@ async def _fleet_status(fleet: FleetService) -> FleetStatusPublic:
     )
 
 
-@router.get("/api/bess/status", response_model=FleetStatusPublic)
+@router.get("/api/bess/status", response_model=FleetStatusPublic, dependencies=VIEWER)
 async def bess_status(fleet: FleetDep) -> FleetStatusPublic:
     """Latest status of every site (SoC, power, temperature, online/offline) and fleet totals."""
     return await _fleet_status(fleet)
 
 
-@router.get("/api/bess-status", response_model=FleetStatusPublic)
+@router.get("/api/bess-status", response_model=FleetStatusPublic, dependencies=VIEWER)
 async def bess_status_spec(fleet: FleetDep) -> FleetStatusPublic:
     """The spec's name for `/api/bess/status`; same answer."""
     return await _fleet_status(fleet)
 
 
-@router.get("/api/sites", response_model=list[SitePublic])
+@router.get("/api/sites", response_model=list[SitePublic], dependencies=VIEWER)
 async def list_sites(fleet: FleetDep) -> list[SitePublic]:
     return [SitePublic.of(s) for s in await fleet.sites()]
 
 
-@router.get("/api/sites/{site_id}", response_model=SitePublic)
+@router.get("/api/sites/{site_id}", response_model=SitePublic, dependencies=VIEWER)
 async def get_site(site_id: str, fleet: FleetDep) -> SitePublic:
     try:
         return SitePublic.of(await fleet.site(site_id))
@@ -84,7 +93,11 @@ async def get_site(site_id: str, fleet: FleetDep) -> SitePublic:
         raise _not_found(exc) from None
 
 
-@router.get("/api/sites/{site_id}/telemetry", response_model=list[TelemetrySamplePublic])
+@router.get(
+    "/api/sites/{site_id}/telemetry",
+    response_model=list[TelemetrySamplePublic],
+    dependencies=VIEWER,
+)
 async def site_telemetry(
     site_id: str, fleet: FleetDep, start: Start = None, end: End = None, limit: Limit = 1000
 ) -> list[TelemetrySamplePublic]:
@@ -97,7 +110,7 @@ async def site_telemetry(
     return [TelemetrySamplePublic.of(s) for s in samples]
 
 
-@router.get("/api/sites/{site_id}/events", response_model=list[EventPublic])
+@router.get("/api/sites/{site_id}/events", response_model=list[EventPublic], dependencies=VIEWER)
 async def site_events(
     site_id: str, fleet: FleetDep, start: Start = None, end: End = None, limit: Limit = 1000
 ) -> list[EventPublic]:
@@ -114,6 +127,7 @@ async def site_events(
     "/api/sites/{site_id}/schedules",
     response_model=SchedulePublic,
     status_code=status.HTTP_201_CREATED,
+    dependencies=TRADER,
 )
 async def post_schedule(site_id: str, body: ScheduleCreate, fleet: FleetDep) -> SchedulePublic:
     """Store the site's next schedule version and push it to the agent (now or on reconnect)."""
@@ -124,7 +138,9 @@ async def post_schedule(site_id: str, body: ScheduleCreate, fleet: FleetDep) -> 
     return SchedulePublic.of(record, now=utc_now())
 
 
-@router.get("/api/sites/{site_id}/schedules", response_model=list[SchedulePublic])
+@router.get(
+    "/api/sites/{site_id}/schedules", response_model=list[SchedulePublic], dependencies=VIEWER
+)
 async def list_schedules(site_id: str, fleet: FleetDep) -> list[SchedulePublic]:
     """The site's schedules, newest first, with their delivery status."""
     try:
@@ -140,13 +156,13 @@ async def _ingest(body: TelemetryIn, fleet: FleetService) -> TelemetryStored:
     return TelemetryStored(site_id=body.site_id, stored=result.stored, duplicates=result.duplicates)
 
 
-@router.post("/api/bess/telemetry", response_model=TelemetryStored)
+@router.post("/api/bess/telemetry", response_model=TelemetryStored, dependencies=TELEMETRY)
 async def post_bess_telemetry(body: TelemetryIn, fleet: FleetDep) -> TelemetryStored:
     """External telemetry (spec); a repeated (site_id, seq) is stored once."""
     return await _ingest(body, fleet)
 
 
-@router.post("/api/telemetry", response_model=TelemetryStored)
+@router.post("/api/telemetry", response_model=TelemetryStored, dependencies=TELEMETRY)
 async def post_telemetry(body: TelemetryIn, fleet: FleetDep) -> TelemetryStored:
     """BESS telemetry (spec); same as `/api/bess/telemetry`."""
     return await _ingest(body, fleet)

@@ -27,7 +27,27 @@ PATTERN_KW = (-80.0, -80.0, 0.0, 80.0, 80.0, 0.0)  # charge, charge, hold, disch
 QUARTER_S = 900
 
 
-def _post_demo_schedule(plane_url: str, site_id: str) -> int:
+def _create_api_key(python: str, env: dict[str, str], key_file: Path) -> str:
+    """An admin key for the demo, made with `bess-plane keys create` on the demo's store and
+    kept in `key_file` (mode 0600); the key itself is never printed."""
+    result = subprocess.run(  # noqa: S603 - our own module
+        [python, "-m", "control_plane", "keys", "create", "--name", "make demo", "--role", "admin"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"could not create the demo's API key: {result.stderr.strip()}")
+    key = result.stdout.strip()
+    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(key + "\n")
+    return key
+
+
+def _post_demo_schedule(plane_url: str, site_id: str, api_key: str) -> int:
     """The desk's path: POST a schedule to the plane, which pushes it to the agent."""
     now = time.time()
     start = now - now % QUARTER_S
@@ -50,7 +70,7 @@ def _post_demo_schedule(plane_url: str, site_id: str) -> int:
     request = urllib.request.Request(  # noqa: S310 - loopback
         f"{plane_url}/api/sites/{site_id}/schedules",
         data=body,
-        headers={"Content-Type": "application/json"},
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {api_key}"},
         method="POST",
     )
     with urllib.request.urlopen(request, timeout=5) as reply:  # noqa: S310 - loopback
@@ -136,6 +156,13 @@ def main() -> int:
         "BESS_PLANE_HTTP_PORT": str(args.plane_port),
         "BESS_PLANE_GRPC_PORT": "50051",
     }
+    key_file = demo_dir / "api-key"
+    try:
+        api_key = _create_api_key(python, plane_env, key_file)
+    except RuntimeError as exc:
+        print(exc, file=sys.stderr)
+        hil.terminate()
+        return 1
     plane_log = (ROOT / "var" / "demo" / "plane.log").open("a")
     plane = subprocess.Popen(  # noqa: S603 - our own module
         [python, "-m", "control_plane", "serve"],
@@ -173,14 +200,16 @@ def main() -> int:
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:  # the plane knows a site once its agent said hello
         try:
-            with urllib.request.urlopen(  # noqa: S310 - loopback
-                f"{plane_url}/api/sites/{config.site_id}", timeout=2
-            ):
+            site = urllib.request.Request(  # noqa: S310 - loopback
+                f"{plane_url}/api/sites/{config.site_id}",
+                headers={"Authorization": f"Bearer {api_key}"},
+            )
+            with urllib.request.urlopen(site, timeout=2):  # noqa: S310 - loopback
                 break
         except OSError:
             time.sleep(0.3)
     try:
-        version = _post_demo_schedule(plane_url, config.site_id)
+        version = _post_demo_schedule(plane_url, config.site_id, api_key)
     except OSError as exc:
         print(f"could not post the demo schedule to the plane: {exc}", file=sys.stderr)
         version = 0
@@ -200,7 +229,9 @@ def main() -> int:
         f"                     http://127.0.0.1:{args.plane_port}/api/bess/status\n"
         f"                     http://127.0.0.1:{args.plane_port}/metrics, EdgeLink gRPC "
         "127.0.0.1:50051, log var/demo/plane.log\n"
-        "                     (no authentication yet: loopback only)\n"
+        f"  API key (admin)    in {key_file.relative_to(ROOT)} (mode 0600), e.g.\n"
+        '                     curl -H "Authorization: Bearer $(cat var/demo/api-key)" '
+        f"http://127.0.0.1:{args.plane_port}/api/bess/status\n"
         "Ctrl-C to stop.\n"
     )
     stopping = False

@@ -40,7 +40,7 @@ def test_database_url_wins_and_is_never_printed(monkeypatch: pytest.MonkeyPatch)
 @pytest.mark.parametrize(
     ("values", "message"),
     [
-        ({"http_host": "0.0.0.0"}, "no authentication yet"),  # noqa: S104
+        ({"grpc_host": "0.0.0.0"}, "EdgeLink has no authentication yet"),  # noqa: S104
         (
             {
                 "grpc_host": "10.0.0.1",
@@ -74,9 +74,9 @@ def test_cli_check_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     path.write_text("http_port: 9100\n")
     assert main(["check-config", "--config", str(path)]) == 0
     assert '"http_port": 9100' in capsys.readouterr().out
-    path.write_text("http_host: 0.0.0.0\n")
+    path.write_text("grpc_host: 0.0.0.0\n")
     assert main(["check-config", "--config", str(path)]) == 2
-    assert "no authentication yet" in capsys.readouterr().err
+    assert "EdgeLink has no authentication yet" in capsys.readouterr().err
 
 
 def test_policy_path_from_the_environment_is_validated_by_check_config(
@@ -100,3 +100,53 @@ def test_policy_path_from_the_environment_is_validated_by_check_config(
     monkeypatch.setenv("POLICY_PATH", str(tmp_path / "missing.yaml"))
     assert main(["serve"]) == 2  # stops before serving
     assert "missing.yaml: No such file or directory" in capsys.readouterr().err
+
+
+def test_http_may_bind_any_address_now_that_it_has_access_control() -> None:
+    assert PlaneSettings(http_host="0.0.0.0").http_host == "0.0.0.0"  # noqa: S104
+
+
+STRONG = "x" * 32
+
+
+@pytest.mark.parametrize("name", ["HMAC_SECRET", "API_KEY"])
+@pytest.mark.parametrize(
+    ("secret", "message"),
+    [
+        ("demo", "demo value, refused in the production profile"),
+        ("phoenyra_demo_secret", "demo value"),
+        ("short-but-not-a-demo", "20 characters, at least 32"),
+        ("   ", "is empty"),
+    ],
+)
+def test_weak_secrets_are_refused_outside_development(
+    monkeypatch: pytest.MonkeyPatch, name: str, secret: str, message: str
+) -> None:
+    monkeypatch.setenv(name, secret)
+    monkeypatch.setenv("BESS_PLANE_PROFILE", "production")
+    with pytest.raises(SettingsError, match=message) as caught:
+        load_settings()
+    assert "secrets.token_urlsafe(32)" in str(caught.value)
+    assert len(secret) < 5 or secret not in str(caught.value), "the secret is not echoed"
+
+
+def test_demo_secrets_are_fine_in_development(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HMAC_SECRET", "phoenyra_demo_secret")
+    monkeypatch.setenv("API_KEY", "demo")
+    s = load_settings()
+    assert s.hmac_key() == b"phoenyra_demo_secret"
+    assert s.api_key is not None and "demo" not in repr(s)
+
+
+def test_hmac_secret_file(tmp_path: Path) -> None:
+    secret_file = tmp_path / "hmac"
+    secret_file.write_text(STRONG + "\n")
+    s = PlaneSettings(profile="production", hmac_secret_file=secret_file)
+    assert s.hmac_key() == STRONG.encode()
+    with pytest.raises(ValueError, match="not both"):
+        PlaneSettings(hmac_secret_file=secret_file, hmac_secret=STRONG)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"hmac_secret_file .*No such file"):
+        PlaneSettings(hmac_secret_file=tmp_path / "missing")
+    secret_file.write_text("demo\n")
+    with pytest.raises(ValueError, match="demo value"):
+        PlaneSettings(profile="production", hmac_secret_file=secret_file)

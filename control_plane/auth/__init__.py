@@ -1,0 +1,1 @@
+"""Access control: API keys with roles, HMAC-signed requests, FastAPI dependencies."""
