@@ -18,7 +18,14 @@ from pathlib import Path
 from typing import Any, Literal, Self
 
 import yaml
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -52,6 +59,11 @@ class PlaneSettings(BaseSettings):
         validation_alias=AliasChoices("DATABASE_URL", "database_url"),
         description="PostgreSQL DSN (postgresql://user@host/db); wins over SQLite when set",
     )
+    sqlite_synchronous: Literal["FULL", "NORMAL"] = Field(
+        default="FULL",
+        description="SQLite durability: FULL (an acknowledged trade survives a power loss) or "
+        "NORMAL (survives a process crash; about twice the commit rate)",
+    )
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=9000, ge=0, le=65535)
     grpc_host: str = "127.0.0.1"
@@ -79,6 +91,11 @@ class PlaneSettings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # No .env or secrets-dir magic: what configures the plane is the file and the env.
         return (init_settings, env_settings)
+
+    @field_validator("sqlite_synchronous", mode="before")
+    @classmethod
+    def _upper_synchronous(cls, value: object) -> object:
+        return value.strip().upper() if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _refuse_contradictions(self) -> Self:

@@ -77,3 +77,14 @@ def test_cli_check_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     path.write_text("http_host: 0.0.0.0\n")
     assert main(["check-config", "--config", str(path)]) == 2
     assert "no authentication yet" in capsys.readouterr().err
+
+
+def test_sqlite_synchronous_defaults_to_full_env_may_choose_normal(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert PlaneSettings().sqlite_synchronous == "FULL"
+    monkeypatch.setenv("BESS_PLANE_SQLITE_SYNCHRONOUS", "normal")
+    assert load_settings().sqlite_synchronous == "NORMAL"
+    monkeypatch.setenv("BESS_PLANE_SQLITE_SYNCHRONOUS", "OFF")
+    with pytest.raises(SettingsError, match=r"sqlite_synchronous: Input should be 'FULL' or"):
+        load_settings()
