@@ -63,7 +63,11 @@ def create_app(settings: PlaneSettings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             url = settings.database_url.get_secret_value() if settings.database_url else None
-            engine = db.create_engine(database_url=url, sqlite_path=settings.sqlite_file)
+            engine = db.create_engine(
+                database_url=url,
+                sqlite_path=settings.sqlite_file,
+                sqlite_synchronous=settings.sqlite_synchronous,
+            )
             stack.callback(engine.dispose)
             hmac_key = settings.hmac_key()
             auth = AuthService(

@@ -199,3 +199,12 @@ async def test_history_range_must_be_ordered_and_aware(plane: RunningPlane) -> N
     )
     assert naive.status_code == 422
     assert "UTC offset" in naive.text
+
+
+@pytest.mark.parametrize(("synchronous", "level"), [("FULL", 2), ("NORMAL", 1)])
+async def test_the_store_uses_the_sqlite_synchronous_setting(
+    tmp_path: Path, synchronous: str, level: int
+) -> None:
+    async with running_plane(settings_for(tmp_path, sqlite_synchronous=synchronous)) as running:
+        with running.app.state.engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == level

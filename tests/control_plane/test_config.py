@@ -150,3 +150,14 @@ def test_hmac_secret_file(tmp_path: Path) -> None:
     secret_file.write_text("demo\n")
     with pytest.raises(ValueError, match="demo value"):
         PlaneSettings(profile="production", hmac_secret_file=secret_file)
+
+
+def test_sqlite_synchronous_defaults_to_full_env_may_choose_normal(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert PlaneSettings().sqlite_synchronous == "FULL"
+    monkeypatch.setenv("BESS_PLANE_SQLITE_SYNCHRONOUS", "normal")
+    assert load_settings().sqlite_synchronous == "NORMAL"
+    monkeypatch.setenv("BESS_PLANE_SQLITE_SYNCHRONOUS", "OFF")
+    with pytest.raises(SettingsError, match=r"sqlite_synchronous: Input should be 'FULL' or"):
+        load_settings()
