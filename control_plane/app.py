@@ -13,17 +13,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
+from datetime import datetime
+from typing import Any
 
 import grpc.aio
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from sqlalchemy.engine import Engine
 
-from . import __version__, db
+from . import __version__, db, events_api
 from .config import PlaneSettings
+from .events import EventHub, EventMetrics, TelemetryCoalescer
+from .exchange import api as exchange_api
+from .exchange.models import MarketRegistry
+from .exchange.service import Exchange, utc_now
+from .exchange.store import SqlOrderStore
 from .fleet import api as fleet_api
 from .fleet.edgelink import start_server
 from .fleet.service import FleetMetrics, FleetService
@@ -32,7 +40,13 @@ from .fleet.store import FleetStore
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: PlaneSettings) -> FastAPI:
+def create_app(
+    settings: PlaneSettings,
+    *,
+    clock: Callable[[], datetime] = utc_now,
+    ws_keepalive_s: float = events_api.KEEPALIVE_S,
+) -> FastAPI:
+    """The app; `clock` is the exchange's (tests inject one), `ws_keepalive_s` the /ws ping."""
     registry = CollectorRegistry()
     request_seconds = Histogram(
         "bess_plane_http_request_duration_seconds",
@@ -41,6 +55,7 @@ def create_app(settings: PlaneSettings) -> FastAPI:
         registry=registry,
     )
     fleet_metrics = FleetMetrics(registry)
+    hub = EventHub(metrics=EventMetrics(registry))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -48,11 +63,22 @@ def create_app(settings: PlaneSettings) -> FastAPI:
             url = settings.database_url.get_secret_value() if settings.database_url else None
             engine = db.create_engine(database_url=url, sqlite_path=settings.sqlite_file)
             stack.callback(engine.dispose)
+            hub.bind(asyncio.get_running_loop())
+            stack.callback(hub.unbind)
+            telemetry = TelemetryCoalescer(hub)
+
+            def on_fleet_event(event_type: str, data: Mapping[str, Any]) -> None:
+                if event_type == "telemetry":
+                    telemetry.offer(str(data["site_id"]), data)
+                else:
+                    hub.publish(event_type, data)
+
             fleet = FleetService(
                 store=FleetStore(engine),
                 metrics=fleet_metrics,
                 plane_version=__version__,
                 heartbeat_interval_s=settings.heartbeat_interval_s,
+                on_event=on_fleet_event,
             )
             await fleet.open()
             stack.push_async_callback(fleet.close)
@@ -63,8 +89,10 @@ def create_app(settings: PlaneSettings) -> FastAPI:
                 keepalive_time_s=settings.agent_keepalive_time_s,
             )
             stack.push_async_callback(_stop_grpc, server, fleet, settings.shutdown_grace_s)
+            exchange = await asyncio.to_thread(_open_exchange, engine, clock)
             app.state.engine = engine
             app.state.fleet = fleet
+            app.state.exchange = exchange
             app.state.grpc_port = grpc_port
             log.info(
                 "control plane %s: store %s, EdgeLink gRPC on %s:%d",
@@ -80,11 +108,15 @@ def create_app(settings: PlaneSettings) -> FastAPI:
         title="Phoenyra BESS control plane",
         version=__version__,
         lifespan=lifespan,
-        description="Fleet status, telemetry history and schedules of battery sites. "
+        description="Fleet status, telemetry history and schedules of battery sites; the internal "
+        "exchange (orders, trades, order book, exposure, market data); live events on /ws. "
         "Authentication is not implemented yet: keep the plane on a trusted network.",
     )
     app.state.settings = settings
     app.state.registry = registry
+    app.state.events = hub
+    app.state.ws_metrics = events_api.WsMetrics(registry)
+    app.state.ws_keepalive_s = ws_keepalive_s
 
     @app.exception_handler(RequestValidationError)
     async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -136,7 +168,18 @@ def create_app(settings: PlaneSettings) -> FastAPI:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     app.include_router(fleet_api.router)
+    app.include_router(exchange_api.router)
+    app.include_router(events_api.router)
     return app
+
+
+def _open_exchange(engine: Engine, clock: Callable[[], datetime]) -> Exchange:
+    """Migrate the exchange tables on the shared engine and rebuild the books from them."""
+    store = SqlOrderStore(engine)
+    applied = store.migrate()
+    if applied:
+        log.info("exchange: store migrated to version %d", applied[-1])
+    return Exchange(store=store, markets=MarketRegistry.default(), clock=clock)
 
 
 async def _stop_grpc(server: grpc.aio.Server, fleet: FleetService, grace_s: float) -> None:
