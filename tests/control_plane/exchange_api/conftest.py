@@ -52,10 +52,15 @@ def clock() -> SteppedClock:
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def app(request: pytest.FixtureRequest, tmp_path: Path, clock: SteppedClock) -> FastAPI:
+    """The app; `@pytest.mark.plane(ws_keepalive_s=...)` passes options to `create_app`."""
     overrides: dict[str, Any] = {}
     if request.param == "postgresql":
         overrides["database_url"] = request.getfixturevalue("postgres_schema_dsn")
-    return create_app(settings_for(tmp_path, **overrides), clock=clock, ws_keepalive_s=3600)
+    options: dict[str, Any] = {"ws_keepalive_s": 3600.0}
+    marker = request.node.get_closest_marker("plane")
+    if marker is not None:
+        options.update(marker.kwargs)
+    return create_app(settings_for(tmp_path, **overrides), clock=clock, **options)
 
 
 @pytest.fixture
