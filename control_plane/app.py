@@ -1,7 +1,9 @@
 """The control plane's FastAPI app: one process, the HTTP API and the EdgeLink gRPC server in
 one event loop (DESIGN decision 3).
 
-`create_app(settings)` builds the app; its lifespan opens the store (migrating it), starts the
+`create_app(settings)` builds the app; its lifespan opens the store (migrating it), rebuilds
+the exchange's order books from it (`app.state.exchange`), binds the event hub for `/ws` to the
+loop (`app.state.events`; the fleet's telemetry, alarms and sessions feed it), starts the
 grpc.aio server on the configured port (0 = a free one; the bound port is `app.state.grpc_port`)
 and on the way out drains the agent sessions, stops the server with a grace period and closes
 the store. Operational routes: `/health` (the process answers), `/ready` (the store answers),

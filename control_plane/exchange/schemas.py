@@ -152,7 +152,7 @@ class OrderPublic(BaseModel):
     state: str = Field(description="ACCEPTED, PARTIALLY_FILLED, FILLED, CANCELLED or REJECTED")
     quantity_mw: DecimalOut
     filled_mw: DecimalOut
-    remaining_mw: DecimalOut
+    remaining_mw: DecimalOut = Field(description="still tradable: 0 once the order is closed")
     limit_price_eur_per_mwh: DecimalOut
     market: str
     delivery: DeliveryPublic
