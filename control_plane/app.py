@@ -1,7 +1,9 @@
 """The control plane's FastAPI app: one process, the HTTP API and the EdgeLink gRPC server in
 one event loop (DESIGN decision 3).
 
-`create_app(settings)` builds the app; its lifespan opens the store (migrating it), starts the
+`create_app(settings)` builds the app; its lifespan opens the store (migrating it), rebuilds
+the exchange's order books from it (`app.state.exchange`), binds the event hub for `/ws` to the
+loop (`app.state.events`; the fleet's telemetry, alarms and sessions feed it), starts the
 grpc.aio server on the configured port (0 = a free one; the bound port is `app.state.grpc_port`)
 and on the way out drains the agent sessions, stops the server with a grace period and closes
 the store. Operational routes: `/health` (the process answers), `/ready` (the store answers),
@@ -19,26 +21,37 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
+from datetime import datetime
+from typing import Any
 
 import grpc.aio
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from sqlalchemy.engine import Engine
 
-from . import __version__, db
+from . import __version__, db, events_api
 from .auth import api as auth_api
 from .auth import deps as auth_deps
 from .auth.keys import KeyStore
-from .auth.service import AuthMetrics, AuthService, utc_now
+from .auth.service import AuthMetrics, AuthService
 from .auth.signing import HmacVerifier
 from .config import PlaneSettings
+from .events import EventHub, EventMetrics, TelemetryCoalescer
+from .exchange import api as exchange_api
+from .exchange.checks import checks_from_policy
+from .exchange.metrics import ExchangeMetrics
+from .exchange.policy import Policy, load_policy
+from .exchange.service import Exchange, utc_now
+from .exchange.store import SqlOrderStore
 from .fleet import api as fleet_api
 from .fleet.edgelink import start_server
 from .fleet.service import FleetMetrics, FleetService
 from .fleet.store import FleetStore
+from .site_states import FleetSiteStates
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +61,13 @@ OPEN_PATHS = frozenset(
 """Routes anyone may call: probes, metrics and the API description (no data)."""
 
 
-def create_app(settings: PlaneSettings) -> FastAPI:
+def create_app(
+    settings: PlaneSettings,
+    *,
+    clock: Callable[[], datetime] = utc_now,
+    ws_keepalive_s: float = events_api.KEEPALIVE_S,
+) -> FastAPI:
+    """The app; `clock` is the exchange's (tests inject one), `ws_keepalive_s` the /ws ping."""
     registry = CollectorRegistry()
     request_seconds = Histogram(
         "bess_plane_http_request_duration_seconds",
@@ -57,7 +76,10 @@ def create_app(settings: PlaneSettings) -> FastAPI:
         registry=registry,
     )
     fleet_metrics = FleetMetrics(registry)
+    exchange_metrics = ExchangeMetrics(registry)
+    policy = load_policy(settings.policy_path) if settings.policy_path else Policy()
     auth_metrics = AuthMetrics(registry)
+    hub = EventHub(metrics=EventMetrics(registry))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -81,11 +103,23 @@ def create_app(settings: PlaneSettings) -> FastAPI:
             )
             await asyncio.to_thread(auth.open)
             app.state.auth = auth
+            hub.bind(asyncio.get_running_loop())
+            stack.callback(hub.unbind)
+            telemetry = TelemetryCoalescer(hub)
+
+            def on_fleet_event(event_type: str, data: Mapping[str, Any]) -> None:
+                if event_type == "telemetry":
+                    telemetry.offer(str(data["site_id"]), data)
+                else:
+                    hub.publish(event_type, data)
+
+            fleet_store = FleetStore(engine)
             fleet = FleetService(
-                store=FleetStore(engine),
+                store=fleet_store,
                 metrics=fleet_metrics,
                 plane_version=__version__,
                 heartbeat_interval_s=settings.heartbeat_interval_s,
+                on_event=on_fleet_event,
             )
             await fleet.open()
             stack.push_async_callback(fleet.close)
@@ -96,8 +130,17 @@ def create_app(settings: PlaneSettings) -> FastAPI:
                 keepalive_time_s=settings.agent_keepalive_time_s,
             )
             stack.push_async_callback(_stop_grpc, server, fleet, settings.shutdown_grace_s)
+            exchange = await asyncio.to_thread(
+                _open_exchange,
+                engine,
+                clock=clock,
+                policy=policy,
+                sites=FleetSiteStates(fleet_store),
+                metrics=exchange_metrics,
+            )
             app.state.engine = engine
             app.state.fleet = fleet
+            app.state.exchange = exchange
             app.state.grpc_port = grpc_port
             log.info(
                 "control plane %s: store %s, EdgeLink gRPC on %s:%d",
@@ -113,13 +156,18 @@ def create_app(settings: PlaneSettings) -> FastAPI:
         title="Phoenyra BESS control plane",
         version=__version__,
         lifespan=lifespan,
-        description="Fleet status, telemetry history and schedules of battery sites. "
-        "Every /api route needs an API key (`Authorization: Bearer <key>` or `X-API-Key`) or "
-        "an HMAC-SHA256 signature; roles: viewer, trader, technician, telemetry, admin.",
+        description="Fleet status, telemetry history and schedules of battery sites; the "
+        "internal exchange (orders, trades, order book, exposure, market data); live events "
+        "on /ws. Every /api route needs an API key (`Authorization: Bearer <key>` or "
+        "`X-API-Key`) or an HMAC-SHA256 signature; roles: viewer, trader, technician, "
+        "telemetry, admin.",
     )
     app.state.settings = settings
     app.state.registry = registry
     auth_deps.install(app)
+    app.state.events = hub
+    app.state.ws_metrics = events_api.WsMetrics(registry)
+    app.state.ws_keepalive_s = ws_keepalive_s
 
     @app.exception_handler(RequestValidationError)
     async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -173,7 +221,34 @@ def create_app(settings: PlaneSettings) -> FastAPI:
 
     app.include_router(fleet_api.router)
     app.include_router(auth_api.router)
+    app.include_router(exchange_api.router)
+    app.include_router(events_api.router)
     return app
+
+
+def _open_exchange(
+    engine: Engine,
+    *,
+    clock: Callable[[], datetime],
+    policy: Policy,
+    sites: FleetSiteStates,
+    metrics: ExchangeMetrics,
+) -> Exchange:
+    """Migrate the exchange tables on the shared engine and rebuild the books from them; the
+    policy gives the markets, the pricing rule and the pre-trade checks (SoC feasibility
+    against the fleet's latest readings, throttling)."""
+    store = SqlOrderStore(engine)
+    applied = store.migrate()
+    if applied:
+        log.info("exchange: store migrated to version %d", applied[-1])
+    return Exchange(
+        store=store,
+        markets=policy.market_registry(),
+        clock=clock,
+        pricing=policy.pricing,
+        pre_trade_checks=checks_from_policy(policy, sites=sites, committed=store, clock=clock),
+        metrics=metrics,
+    )
 
 
 async def _stop_grpc(server: grpc.aio.Server, fleet: FleetService, grace_s: float) -> None:

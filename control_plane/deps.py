@@ -5,8 +5,11 @@ from __future__ import annotations
 from typing import Annotated, cast
 
 from fastapi import Depends, Request
+from starlette.requests import HTTPConnection
 
 from .config import PlaneSettings
+from .events import EventHub
+from .exchange.service import Exchange
 from .fleet.service import FleetService
 
 
@@ -18,5 +21,16 @@ def get_fleet(request: Request) -> FleetService:
     return cast(FleetService, request.app.state.fleet)
 
 
+def get_exchange(request: Request) -> Exchange:
+    return cast(Exchange, request.app.state.exchange)
+
+
+def get_event_hub(connection: HTTPConnection) -> EventHub:
+    # HTTPConnection, not Request: the WebSocket route depends on it too.
+    return cast(EventHub, connection.app.state.events)
+
+
 SettingsDep = Annotated[PlaneSettings, Depends(get_settings)]
 FleetDep = Annotated[FleetService, Depends(get_fleet)]
+ExchangeDep = Annotated[Exchange, Depends(get_exchange)]
+EventHubDep = Annotated[EventHub, Depends(get_event_hub)]

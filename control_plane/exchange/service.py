@@ -257,6 +257,30 @@ class Exchange:
             ]
         return sorted(found, key=lambda o: o.order_id)
 
+    def orders(
+        self,
+        *,
+        states: Iterable[OrderState] | None = None,
+        portfolio: str | None = None,
+        market: str | None = None,
+        side: Side | None = None,
+        delivery_from: datetime | None = None,
+        delivery_to: datetime | None = None,
+        before_id: int | None = None,
+        limit: int | None = None,
+    ) -> list[Order]:
+        """Stored orders in any state, newest first (a page below `before_id` when given)."""
+        return self._store.list_orders(
+            states=states,
+            portfolio=portfolio,
+            market=market,
+            side=side,
+            delivery_from=delivery_from,
+            delivery_to=delivery_to,
+            before_id=before_id,
+            limit=limit,
+        )
+
     def trades(
         self,
         *,
@@ -264,10 +288,21 @@ class Exchange:
         market: str | None = None,
         delivery: DeliveryPeriod | None = None,
         limit: int | None = None,
+        delivery_from: datetime | None = None,
+        delivery_to: datetime | None = None,
+        since: datetime | None = None,
+        before_id: int | None = None,
     ) -> list[Trade]:
-        """Stored trades, oldest first (`limit` keeps the newest)."""
+        """Stored trades, oldest first (`limit` keeps the newest, below `before_id` if given)."""
         return self._store.list_trades(
-            portfolio=portfolio, market=market, delivery=delivery, limit=limit
+            portfolio=portfolio,
+            market=market,
+            delivery=delivery,
+            limit=limit,
+            delivery_from=delivery_from,
+            delivery_to=delivery_to,
+            since=since,
+            before_id=before_id,
         )
 
     def site_orders(
@@ -277,6 +312,10 @@ class Exchange:
         return self._store.site_orders(
             site=site, delivery_from=delivery_from, delivery_to=delivery_to
         )
+
+    def now(self) -> datetime:
+        """The engine's clock (UTC): what 'in the past' and 'today' mean for its callers."""
+        return self._now()
 
     def exposure(self, *, portfolio: str) -> PortfolioExposure:
         """Net energy, cash, realised PnL and open value of `portfolio`; O(its positions).

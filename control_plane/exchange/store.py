@@ -105,8 +105,13 @@ class OrderStore(Protocol):
         portfolio: str | None = None,
         states: Iterable[OrderState] | None = None,
         limit: int | None = None,
+        market: str | None = None,
+        side: Side | None = None,
+        delivery_from: datetime | None = None,
+        delivery_to: datetime | None = None,
+        before_id: int | None = None,
     ) -> list[Order]:
-        """Orders, newest first."""
+        """Orders, newest first; delivery start in [delivery_from, delivery_to), id < before_id."""
         ...
 
     def list_trades(
@@ -116,8 +121,16 @@ class OrderStore(Protocol):
         market: str | None = None,
         delivery: DeliveryPeriod | None = None,
         limit: int | None = None,
+        delivery_from: datetime | None = None,
+        delivery_to: datetime | None = None,
+        since: datetime | None = None,
+        before_id: int | None = None,
     ) -> list[Trade]:
-        """Trades in execution order (oldest first); `limit` keeps the newest."""
+        """Trades in execution order (oldest first); `limit` keeps the newest.
+
+        Delivery start in [delivery_from, delivery_to), executed at or after `since`, trade id
+        below `before_id` (the cursor of a newest-first page).
+        """
         ...
 
     def site_orders(
@@ -147,6 +160,10 @@ def _traded_in(placed: PlacedOrder, order_id: int) -> Decimal:
         (t.quantity_mw for t in placed.trades if order_id in (t.buy_order_id, t.sell_order_id)),
         Decimal(0),
     )
+
+
+def _in_range(moment: datetime, start: datetime | None, end: datetime | None) -> bool:
+    return (start is None or moment >= start) and (end is None or moment < end)
 
 
 # -- in memory ------------------------------------------------------------------------------
@@ -197,6 +214,11 @@ class MemoryOrderStore:
         portfolio: str | None = None,
         states: Iterable[OrderState] | None = None,
         limit: int | None = None,
+        market: str | None = None,
+        side: Side | None = None,
+        delivery_from: datetime | None = None,
+        delivery_to: datetime | None = None,
+        before_id: int | None = None,
     ) -> list[Order]:
         wanted = None if states is None else set(states)
         found = [
@@ -204,6 +226,10 @@ class MemoryOrderStore:
             for o in sorted(self._orders.values(), key=lambda o: -o.order_id)
             if (portfolio is None or o.portfolio == portfolio)
             and (wanted is None or o.state in wanted)
+            and (market is None or o.market == market)
+            and (side is None or o.side is side)
+            and _in_range(o.delivery.start, delivery_from, delivery_to)
+            and (before_id is None or o.order_id < before_id)
         ]
         return found if limit is None else found[:limit]
 
@@ -214,6 +240,10 @@ class MemoryOrderStore:
         market: str | None = None,
         delivery: DeliveryPeriod | None = None,
         limit: int | None = None,
+        delivery_from: datetime | None = None,
+        delivery_to: datetime | None = None,
+        since: datetime | None = None,
+        before_id: int | None = None,
     ) -> list[Trade]:
         found = [
             t
@@ -221,6 +251,9 @@ class MemoryOrderStore:
             if (portfolio is None or portfolio in (t.buy_portfolio, t.sell_portfolio))
             and (market is None or t.market == market)
             and (delivery is None or t.delivery == delivery)
+            and _in_range(t.delivery.start, delivery_from, delivery_to)
+            and (since is None or t.executed_at >= since)
+            and (before_id is None or t.trade_id < before_id)
         ]
         if limit is None:
             return found
@@ -627,12 +660,27 @@ class SqlOrderStore:
         portfolio: str | None = None,
         states: Iterable[OrderState] | None = None,
         limit: int | None = None,
+        market: str | None = None,
+        side: Side | None = None,
+        delivery_from: datetime | None = None,
+        delivery_to: datetime | None = None,
+        before_id: int | None = None,
     ) -> list[Order]:
         query = sa.select(orders).order_by(orders.c.order_id.desc())
         if portfolio is not None:
             query = query.where(orders.c.portfolio == portfolio)
         if states is not None:
             query = query.where(orders.c.state.in_([s.value for s in states]))
+        if market is not None:
+            query = query.where(orders.c.market == market)
+        if side is not None:
+            query = query.where(orders.c.side == side.value)
+        if delivery_from is not None:
+            query = query.where(orders.c.delivery_start >= delivery_from)
+        if delivery_to is not None:
+            query = query.where(orders.c.delivery_start < delivery_to)
+        if before_id is not None:
+            query = query.where(orders.c.order_id < before_id)
         if limit is not None:
             query = query.limit(limit)
         with self._read() as conn:
@@ -645,8 +693,20 @@ class SqlOrderStore:
         market: str | None = None,
         delivery: DeliveryPeriod | None = None,
         limit: int | None = None,
+        delivery_from: datetime | None = None,
+        delivery_to: datetime | None = None,
+        since: datetime | None = None,
+        before_id: int | None = None,
     ) -> list[Trade]:
         query = sa.select(trades).order_by(trades.c.trade_id.desc())
+        if delivery_from is not None:
+            query = query.where(trades.c.delivery_start >= delivery_from)
+        if delivery_to is not None:
+            query = query.where(trades.c.delivery_start < delivery_to)
+        if since is not None:
+            query = query.where(trades.c.executed_at >= since)
+        if before_id is not None:
+            query = query.where(trades.c.trade_id < before_id)
         if portfolio is not None:
             query = query.where(
                 sa.or_(trades.c.buy_portfolio == portfolio, trades.c.sell_portfolio == portfolio)

@@ -19,12 +19,12 @@ import asyncio
 import itertools
 import logging
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import partial
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
@@ -64,6 +64,14 @@ log = logging.getLogger(__name__)
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
+
+FleetEventSink = Callable[[str, Mapping[str, Any]], None]
+"""Told what changed after it is stored: `telemetry` (the newest reading of a batch), `alarm`
+(an event of severity warning or worse, or an alarm kind), `site.connected`,
+`site.disconnected`; called on the event loop, must not block (the app hands it to the
+event hub). Its failures are logged, never raised into ingest."""
+
+ALARM_SEVERITIES = frozenset({"warning", "error", "critical"})
 
 MISSED_HEARTBEATS_OFFLINE = 3
 """A site is offline after this many heartbeat intervals without a word (EdgeLink step 7)."""
@@ -131,8 +139,10 @@ class FleetService:
         plane_version: str,
         heartbeat_interval_s: int = 10,
         clock: Callable[[], datetime] = utc_now,
+        on_event: FleetEventSink | None = None,
     ) -> None:
         self.store = store
+        self.on_event = on_event
         self.metrics = metrics
         self.plane_version = plane_version
         self.heartbeat_interval_s = heartbeat_interval_s
@@ -214,6 +224,10 @@ class FleetService:
             )
         self._sessions[hello.site_id] = session
         self.metrics.sessions_opened.inc()
+        self._emit(
+            "site.connected",
+            {"site_id": hello.site_id, "agent_version": hello.agent_version, "at": now},
+        )
         welcome = Welcome(
             session_id=session_id,
             plane_version=self.plane_version,
@@ -243,6 +257,7 @@ class FleetService:
             del self._sessions[session.site_id]
         if self._writer is not None:
             await self._write(self.store.seen, session.site_id, now=now)
+        self._emit("site.disconnected", {"site_id": session.site_id, "reason": reason, "at": now})
         log.info(
             "fleet: site %s session %s ended (%s): %d samples stored, %d duplicates",
             session.site_id,
@@ -263,6 +278,8 @@ class FleetService:
         session.samples_stored += result.stored
         session.samples_duplicate += result.duplicates
         session.outbound.put_nowait(TelemetryAckOut(result.acked_through))
+        if result.stored:
+            self._emit_telemetry(session.site_id, samples)
         return result
 
     async def ingest_event(self, session: Session, event: Event) -> IngestResult:
@@ -279,6 +296,8 @@ class FleetService:
                 event.message,
             )
         session.outbound.put_nowait(EventAckOut(result.acked_through))
+        if result.stored and (event.severity in ALARM_SEVERITIES or event.kind.startswith("alarm")):
+            self._emit("alarm", _alarm_data(session.site_id, event))
         return result
 
     async def heartbeat(self, session: Session, heartbeat: Heartbeat) -> None:
@@ -300,6 +319,32 @@ class FleetService:
                 answer.reason,
                 answer.detail,
             )
+
+    def _emit(self, event_type: str, data: Mapping[str, Any]) -> None:
+        if self.on_event is None:
+            return
+        try:
+            self.on_event(event_type, data)
+        except Exception:  # the live stream is a view; ingest must go on
+            log.exception("fleet: publishing %s failed", event_type)
+
+    def _emit_telemetry(self, site_id: str, samples: Sequence[TelemetrySample]) -> None:
+        if self.on_event is None or not samples:
+            return
+        newest = max(samples, key=lambda s: s.timestamp)
+        self._emit(
+            "telemetry",
+            {
+                "site_id": site_id,
+                "timestamp": newest.timestamp,
+                "soc_pct": newest.soc_pct,
+                "active_power_kw": newest.active_power_kw,
+                "temperature_c": newest.temperature_c,
+                "status": newest.status,
+                "alarms": list(newest.alarms),
+                "setpoint_kw": newest.setpoint_kw,
+            },
+        )
 
     def _count(self, result: IngestResult, *, stream: str) -> None:
         self.metrics.batches.inc()
@@ -406,6 +451,8 @@ class FleetService:
         now = self.clock()
         result = await self._write(self._ingest_external_sync, site_id, samples, now)
         self._count(result, stream=API)
+        if result.stored:
+            self._emit_telemetry(site_id, samples)
         return result
 
     def _ingest_external_sync(
@@ -441,6 +488,19 @@ class FleetService:
     async def schedules(self, *, site_id: str) -> list[ScheduleRecord]:
         await self.site(site_id)
         return await self._read(self.store.schedules, site_id)
+
+
+def _alarm_data(site_id: str, event: Event) -> dict[str, Any]:
+    return {
+        "site_id": site_id,
+        "seq": event.seq,
+        "timestamp": event.timestamp,
+        "severity": event.severity,
+        "kind": event.kind,
+        "code": event.code,
+        "alarm": event.alarm,
+        "message": event.message,
+    }
 
 
 def _with_seq(sample: TelemetrySample, seq: int) -> TelemetrySample:

@@ -28,12 +28,6 @@ DASHBOARDS = ROOT / "dashboards"
 PLANE = DASHBOARDS / "control_plane.json"
 AGENT = DASHBOARDS / "edge_agent.json"
 
-# TODO-merge: the exchange work adds these to the plane's /metrics in parallel with the
-# dashboards. Once it is merged, delete this set: the test then demands them from /metrics.
-PENDING_EXCHANGE_METRICS = frozenset(
-    {"bess_plane_orders_total", "bess_plane_trades_total", "G_EXPO_E", "G_EXPO_N", "G_PNL_REAL"}
-)
-
 _KEYWORDS = set("by without on ignoring group_left group_right bool and or unless offset".split())
 
 
@@ -136,10 +130,8 @@ async def test_plane_dashboard_uses_only_metrics_the_plane_exports(tmp_path: Pat
         text = (await plane.client.get("/metrics")).text
     available = exported(text_string_to_metric_families(text))
     used = {name for expr in expressions(_load(PLANE)) for name in metric_names(expr)}
-    merged = sorted(PENDING_EXCHANGE_METRICS & available)
-    assert not merged, f"the plane exports them now; remove from PENDING_EXCHANGE_METRICS: {merged}"
-    assert PENDING_EXCHANGE_METRICS <= used  # the exchange panels are there
-    missing = sorted(used - available - PENDING_EXCHANGE_METRICS)
+    assert {"bess_plane_orders_total", "G_EXPO_E", "G_PNL_REAL"} <= used  # exchange panels
+    missing = sorted(used - available)
     assert not missing, f"control_plane.json uses metrics the plane does not export: {missing}"
 
 

@@ -350,3 +350,55 @@ def _as_new(o: Any) -> Any:
         site=o.site,
         delivery=o.delivery,
     )
+
+
+def test_order_and_trade_queries_filter_and_page(
+    sql_store: SqlOrderStore, clock: SteppedClock, make_exchange: MakeExchange
+) -> None:
+    """The list filters of the HTTP API, on SQLite and PostgreSQL."""
+    _check_queries(sql_store, make_exchange, clock)
+
+
+def test_the_memory_store_filters_and_pages_alike(
+    clock: SteppedClock, make_exchange: MakeExchange
+) -> None:
+    _check_queries(MemoryOrderStore(), make_exchange, clock)
+
+
+def _check_queries(store: Any, make_exchange: MakeExchange, clock: SteppedClock) -> None:
+    exchange = make_exchange(store)
+    later = DeliveryPeriod.quarter(DELIVERY.start + timedelta(minutes=15))
+    exchange.place_order(order=order(Side.SELL, "1", "40", portfolio="s"))  # 1 FILLED
+    exchange.place_order(order=order(Side.BUY, "1", "40"))  # 2 FILLED, trade 1
+    clock.advance(timedelta(minutes=1))
+    exchange.place_order(order=order(Side.SELL, "1", "40", portfolio="s", delivery=later))  # 3
+    exchange.place_order(order=order(Side.BUY, "1", "41", delivery=later))  # 4, trade 2
+    exchange.place_order(order=order(Side.BUY, "1", "30", market="epex_de_lu"))  # 5 open
+    exchange.cancel_order(order_id=5)
+    exchange.place_order(order=order(Side.BUY, "2", "30"))  # 6 open
+
+    def ids(**kwargs: Any) -> list[int]:
+        return [o.order_id for o in store.list_orders(**kwargs)]
+
+    assert ids() == [6, 5, 4, 3, 2, 1]
+    assert ids(states=[OrderState.ACCEPTED, OrderState.PARTIALLY_FILLED]) == [6]
+    assert ids(market="epex_de_lu") == [5]
+    assert ids(side=Side.SELL) == [3, 1]
+    assert ids(delivery_from=later.start) == [4, 3]
+    assert ids(delivery_to=later.start) == [6, 5, 2, 1]
+    assert ids(before_id=5, limit=2) == [4, 3]
+    assert ids(portfolio="s", before_id=3) == [1]
+
+    def trade_ids(**kwargs: Any) -> list[int]:
+        return [t.trade_id for t in store.list_trades(**kwargs)]
+
+    assert trade_ids() == [1, 2]
+    assert trade_ids(since=T0 + timedelta(seconds=30)) == [2]
+    assert trade_ids(delivery_from=later.start) == [2]
+    assert trade_ids(delivery_to=later.start) == [1]
+    assert trade_ids(before_id=2) == [1]
+    assert trade_ids(limit=1) == [2]
+    assert trade_ids(portfolio="s", before_id=3, limit=1) == [2]
+    cancelled = [OrderState.CANCELLED]
+    assert exchange.orders(states=cancelled) == store.list_orders(states=cancelled)
+    assert exchange.now() == clock.now
