@@ -3,9 +3,11 @@ one event loop (DESIGN decision 3).
 
 `create_app(settings)` builds the app; its lifespan opens the store (migrating it), starts the
 grpc.aio server on the configured port (0 = a free one; the bound port is `app.state.grpc_port`)
-and on the way out drains the agent sessions, stops the server with a grace period and closes
-the store. Operational routes: `/health` (the process answers), `/ready` (the store answers),
-`/metrics` (Prometheus text format).
+- with `edgelink_tls: mtls` behind TLS that requires a site certificate of the plane's CA,
+which `control_plane/pki.py` creates on first use - and on the way out drains the agent
+sessions, stops the server with a grace period and closes the store. Operational routes:
+`/health` (the process answers), `/ready` (the store answers), `/metrics` (Prometheus text
+format).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 
+import grpc
 import grpc.aio
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -25,9 +28,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram,
 from . import __version__, db
 from .config import PlaneSettings
 from .fleet import api as fleet_api
-from .fleet.edgelink import start_server
+from .fleet.edgelink import mtls_credentials, start_server
 from .fleet.service import FleetMetrics, FleetService
 from .fleet.store import FleetStore
+from .pki import CertificateAuthority
 
 log = logging.getLogger(__name__)
 
@@ -56,22 +60,29 @@ def create_app(settings: PlaneSettings) -> FastAPI:
             )
             await fleet.open()
             stack.push_async_callback(fleet.close)
+            credentials = None
+            if settings.edgelink_tls == "mtls":
+                credentials = await asyncio.to_thread(_edgelink_credentials, settings)
             server, grpc_port = await start_server(
                 fleet,
                 host=settings.grpc_host,
                 port=settings.grpc_port,
                 keepalive_time_s=settings.agent_keepalive_time_s,
+                credentials=credentials,
             )
             stack.push_async_callback(_stop_grpc, server, fleet, settings.shutdown_grace_s)
             app.state.engine = engine
             app.state.fleet = fleet
             app.state.grpc_port = grpc_port
             log.info(
-                "control plane %s: store %s, EdgeLink gRPC on %s:%d",
+                "control plane %s: store %s, EdgeLink gRPC on %s:%d (%s)",
                 __version__,
                 settings.store_description,
                 settings.grpc_host,
                 grpc_port,
+                "mutual TLS, site certificates required"
+                if credentials is not None
+                else "plaintext, no TLS",
             )
             yield
             log.info("control plane: shutting down (grace %g s)", settings.shutdown_grace_s)
@@ -137,6 +148,19 @@ def create_app(settings: PlaneSettings) -> FastAPI:
 
     app.include_router(fleet_api.router)
     return app
+
+
+def _edgelink_credentials(settings: PlaneSettings) -> grpc.ServerCredentials:
+    """The CA (created on first use) and a current server certificate, as gRPC credentials."""
+    ca = CertificateAuthority.open(settings.pki_directory)
+    key_pem, cert_pem = ca.server_certificate(settings.tls_names, days=settings.server_cert_days)
+    log.info(
+        "EdgeLink mTLS: CA %s (SHA-256 %s), server certificate for %s",
+        ca.info.subject,
+        ca.info.fingerprint_sha256,
+        ", ".join(settings.tls_names),
+    )
+    return mtls_credentials(key_pem=key_pem, cert_pem=cert_pem, ca_pem=ca.ca_pem)
 
 
 async def _stop_grpc(server: grpc.aio.Server, fleet: FleetService, grace_s: float) -> None:

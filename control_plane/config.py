@@ -8,12 +8,16 @@ field names below) < environment variables. Environment names: `SQLITE_PATH`, `D
 
 Authentication is not implemented yet (a later slice), so the plane refuses to listen on
 anything but loopback unless `allow_unauthenticated_remote` is set, and refuses that in the
-production profile.
+production profile. EdgeLink has its own: with `edgelink_tls: mtls` every agent shows a site
+certificate of the plane's CA (`control_plane/pki.py`), so the gRPC port may face the network.
+It defaults to `none` so the embedded demo (plane and agent on one box, loopback) runs without
+certificates.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import re
 from pathlib import Path
 from typing import Any, Literal, Self
 
@@ -57,6 +61,21 @@ class PlaneSettings(BaseSettings):
     grpc_host: str = "127.0.0.1"
     grpc_port: int = Field(default=50051, ge=0, le=65535)
     allow_unauthenticated_remote: bool = False
+    edgelink_tls: Literal["none", "mtls"] = Field(
+        default="none",
+        description="none: plaintext EdgeLink (loopback demo); mtls: TLS with a site "
+        "certificate from the plane's CA required of every agent",
+    )
+    pki_dir: Path | None = Field(
+        default=None, description="the CA and the EdgeLink server certificate; <data_dir>/pki"
+    )
+    grpc_tls_names: list[str] | None = Field(
+        default=None,
+        description="names the agents dial (DNS names or IPs) for the server certificate; "
+        "default localhost, 127.0.0.1 and grpc_host",
+    )
+    server_cert_days: int = Field(default=397, ge=1, le=3650)
+    site_cert_days: int = Field(default=397, ge=1, le=3650)
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     heartbeat_interval_s: int = Field(default=10, ge=1, le=3600)
@@ -82,22 +101,31 @@ class PlaneSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _refuse_contradictions(self) -> Self:
-        remote = [
-            f"{name} {host!r}"
-            for name, host in (("http_host", self.http_host), ("grpc_host", self.grpc_host))
-            if not _is_loopback(host)
-        ]
+        # With mTLS every EdgeLink peer is authenticated: a remote gRPC bind is then legal.
+        hosts = [("http_host", self.http_host)]
+        if self.edgelink_tls != "mtls":
+            hosts.append(("grpc_host", self.grpc_host))
+        remote = [f"{name} {host!r}" for name, host in hosts if not _is_loopback(host)]
         if remote and not self.allow_unauthenticated_remote:
             raise ValueError(
                 f"{' and '.join(remote)} is not a loopback address, but the plane has no "
-                "authentication yet: bind to 127.0.0.1 (put a reverse proxy with auth in front) "
-                "or set allow_unauthenticated_remote in a development setup"
+                "authentication yet: bind to 127.0.0.1 (put a reverse proxy with auth in front), "
+                "set edgelink_tls to mtls for a remote grpc_host, or set "
+                "allow_unauthenticated_remote in a development setup"
             )
         if self.allow_unauthenticated_remote and self.profile == "production":
             raise ValueError(
                 "allow_unauthenticated_remote is refused in the production profile: the plane "
                 "has no authentication yet"
             )
+        for name in self.grpc_tls_names or ():
+            if not (_is_ip(name) or _DNS_NAME.fullmatch(name)):
+                raise ValueError(
+                    f"grpc_tls_names: {name!r} is not a DNS name or IP address "
+                    "(e.g. plane.example.com or 10.0.0.5)"
+                )
+        if self.grpc_tls_names is not None and not self.grpc_tls_names:
+            raise ValueError("grpc_tls_names is empty: name at least one, or leave it unset")
         if self.database_url is not None:
             dsn = self.database_url.get_secret_value()
             if not dsn.startswith(("postgresql://", "postgresql+psycopg://", "postgres://")):
@@ -109,6 +137,20 @@ class PlaneSettings(BaseSettings):
     @property
     def sqlite_file(self) -> Path:
         return self.sqlite_path or self.data_dir / "plane.sqlite3"
+
+    @property
+    def pki_directory(self) -> Path:
+        return self.pki_dir or self.data_dir / "pki"
+
+    @property
+    def tls_names(self) -> list[str]:
+        """The EdgeLink server certificate's names (an any-address bind is no name)."""
+        if self.grpc_tls_names:
+            return list(dict.fromkeys(self.grpc_tls_names))
+        names = ["localhost", "127.0.0.1"]
+        if self.grpc_host not in ("0.0.0.0", "::", "[::]", ""):  # noqa: S104 - compared only
+            names.append(self.grpc_host.strip("[]"))
+        return list(dict.fromkeys(names))
 
     @property
     def store_description(self) -> str:
@@ -151,6 +193,17 @@ def _read_file(path: Path) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise SettingsError(f"settings file {path} must hold a mapping of setting: value")
     return {str(k): v for k, v in raw.items()}
+
+
+_DNS_NAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})(\.[A-Za-z0-9_-]{1,63})*\.?")
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _is_loopback(host: str) -> bool:
