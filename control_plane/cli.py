@@ -72,9 +72,11 @@ async def serve(settings: PlaneSettings) -> None:
     base = f"http://{settings.http_host}:{settings.http_port}"
     print(
         f"bess-plane {__version__}: API {base}/api  docs {base}/docs  metrics {base}/metrics\n"
-        f"  EdgeLink gRPC {settings.grpc_host}:{settings.grpc_port}  store "
+        f"  EdgeLink gRPC {settings.grpc_host}:{settings.grpc_port} "
+        f"({'mutual TLS' if settings.edgelink_tls == 'mtls' else 'plaintext'})  store "
         f"{settings.store_description}\n"
-        "  authentication is NOT implemented yet: keep the plane on loopback or behind a proxy",
+        "  HTTP authentication is NOT implemented yet: keep the API on loopback or behind a "
+        "proxy",
         flush=True,
     )
     await server.serve()

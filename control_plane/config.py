@@ -22,7 +22,14 @@ from pathlib import Path
 from typing import Any, Literal, Self
 
 import yaml
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -98,6 +105,14 @@ class PlaneSettings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # No .env or secrets-dir magic: what configures the plane is the file and the env.
         return (init_settings, env_settings)
+
+    @field_validator("grpc_tls_names", mode="before")
+    @classmethod
+    def _names_from_text(cls, value: Any) -> Any:
+        # The environment may give a JSON list or, simpler, "plane.example.com,10.0.0.5".
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
 
     @model_validator(mode="after")
     def _refuse_contradictions(self) -> Self:

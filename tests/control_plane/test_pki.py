@@ -11,7 +11,7 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from control_plane.cli import main
-from control_plane.config import PlaneSettings
+from control_plane.config import PlaneSettings, SettingsError, load_settings
 from control_plane.pki import (
     CertificateAuthority,
     InvalidSiteIdError,
@@ -129,6 +129,17 @@ def test_tls_names_default_to_loopback_and_the_grpc_host(tmp_path: Path) -> None
     named = PlaneSettings(**base, grpc_tls_names=["plane.example", "::1"])
     assert named.tls_names == ["plane.example", "::1"]
     assert remote.pki_directory == tmp_path / "pki"
+
+
+def test_tls_names_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BESS_PLANE_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("BESS_PLANE_GRPC_TLS_NAMES", "plane.example.com, 10.0.0.5")
+    assert load_settings().tls_names == ["plane.example.com", "10.0.0.5"]
+    monkeypatch.setenv("BESS_PLANE_GRPC_TLS_NAMES", '["plane.example.com"]')
+    assert load_settings().tls_names == ["plane.example.com"]
+    monkeypatch.setenv("BESS_PLANE_GRPC_TLS_NAMES", "plane example")
+    with pytest.raises(SettingsError, match="not a DNS name or IP"):
+        load_settings()
 
 
 def test_mtls_makes_a_remote_grpc_bind_legal(tmp_path: Path) -> None:
