@@ -225,7 +225,6 @@ class FleetService:
                     now=now,
                 )
         to_send_now: list[Outbound] = [] if to_send is None else [ScheduleOut(to_send.schedule)]
-        to_send_now += [CommandOut(r.command) for r in await self._open_commands(hello.site_id)]
         session = Session(session_id=session_id, hello=hello, opened_at=now, last_heard=now)
         previous = self._sessions.get(hello.site_id)
         if previous is not None:
@@ -233,6 +232,15 @@ class FleetService:
                 SessionEnd(EndReason.REPLACED, "replaced by a newer session of this site")
             )
         self._sessions[hello.site_id] = session
+        try:
+            # Read after registering: a command submitted meanwhile is pushed to this session
+            # (perhaps listed here too: sent twice, and the agent answers a repeat alike).
+            waiting = await self._open_commands(hello.site_id)
+        except BaseException:
+            if self._sessions.get(hello.site_id) is session:
+                del self._sessions[hello.site_id]
+            raise
+        to_send_now += [CommandOut(r.command) for r in waiting]
         self.metrics.sessions_opened.inc()
         welcome = Welcome(
             session_id=session_id,
