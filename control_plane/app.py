@@ -5,9 +5,11 @@ one event loop (DESIGN decision 3).
 the exchange's order books from it (`app.state.exchange`), binds the event hub for `/ws` to the
 loop (`app.state.events`; the fleet's telemetry, alarms and sessions feed it), starts the
 grpc.aio server on the configured port (0 = a free one; the bound port is `app.state.grpc_port`)
-and on the way out drains the agent sessions, stops the server with a grace period and closes
-the store. Operational routes: `/health` (the process answers), `/ready` (the store answers),
-`/metrics` (Prometheus text format).
+- with `edgelink_tls: mtls` behind TLS that requires a site certificate of the plane's CA,
+which `control_plane/pki.py` creates on first use - and on the way out drains the agent
+sessions, stops the server with a grace period and closes the store. Operational routes:
+`/health` (the process answers), `/ready` (the store answers), `/metrics` (Prometheus text
+format).
 
 Access control (control_plane/auth): every other route depends on a role (`ViewerDep`,
 `TraderDep`, ...). The open ones are listed in `OPEN_PATHS`; tests/control_plane/test_access.py
@@ -26,6 +28,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import datetime
 from typing import Any
 
+import grpc
 import grpc.aio
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -48,9 +51,10 @@ from .exchange.policy import Policy, load_policy
 from .exchange.service import Exchange, utc_now
 from .exchange.store import SqlOrderStore
 from .fleet import api as fleet_api
-from .fleet.edgelink import start_server
+from .fleet.edgelink import mtls_credentials, start_server
 from .fleet.service import FleetMetrics, FleetService
 from .fleet.store import FleetStore
+from .pki import CertificateAuthority
 from .site_states import FleetSiteStates
 
 log = logging.getLogger(__name__)
@@ -123,11 +127,15 @@ def create_app(
             )
             await fleet.open()
             stack.push_async_callback(fleet.close)
+            credentials = None
+            if settings.edgelink_tls == "mtls":
+                credentials = await asyncio.to_thread(_edgelink_credentials, settings)
             server, grpc_port = await start_server(
                 fleet,
                 host=settings.grpc_host,
                 port=settings.grpc_port,
                 keepalive_time_s=settings.agent_keepalive_time_s,
+                credentials=credentials,
             )
             stack.push_async_callback(_stop_grpc, server, fleet, settings.shutdown_grace_s)
             exchange = await asyncio.to_thread(
@@ -143,11 +151,14 @@ def create_app(
             app.state.exchange = exchange
             app.state.grpc_port = grpc_port
             log.info(
-                "control plane %s: store %s, EdgeLink gRPC on %s:%d",
+                "control plane %s: store %s, EdgeLink gRPC on %s:%d (%s)",
                 __version__,
                 settings.store_description,
                 settings.grpc_host,
                 grpc_port,
+                "mutual TLS, site certificates required"
+                if credentials is not None
+                else "plaintext, no TLS",
             )
             yield
             log.info("control plane: shutting down (grace %g s)", settings.shutdown_grace_s)
@@ -249,6 +260,19 @@ def _open_exchange(
         pre_trade_checks=checks_from_policy(policy, sites=sites, committed=store, clock=clock),
         metrics=metrics,
     )
+
+
+def _edgelink_credentials(settings: PlaneSettings) -> grpc.ServerCredentials:
+    """The CA (created on first use) and a current server certificate, as gRPC credentials."""
+    ca = CertificateAuthority.open(settings.pki_directory)
+    key_pem, cert_pem = ca.server_certificate(settings.tls_names, days=settings.server_cert_days)
+    log.info(
+        "EdgeLink mTLS: CA %s (SHA-256 %s), server certificate for %s",
+        ca.info.subject,
+        ca.info.fingerprint_sha256,
+        ", ".join(settings.tls_names),
+    )
+    return mtls_credentials(key_pem=key_pem, cert_pem=cert_pem, ca_pem=ca.ca_pem)
 
 
 async def _stop_grpc(server: grpc.aio.Server, fleet: FleetService, grace_s: float) -> None:

@@ -8,9 +8,12 @@ policy, `control_plane/exchange/policy.py`) and `BESS_PLANE_<FIELD>` for the res
 `BESS_PLANE_HTTP_PORT`, `BESS_PLANE_GRPC_PORT`, `BESS_PLANE_PROFILE`, `BESS_PLANE_LOG_FORMAT`.
 
 Access control (control_plane/auth): every HTTP route but /health, /ready, /metrics and the
-docs needs an API key or an HMAC signature, so the HTTP API may bind any address. The EdgeLink
-gRPC server has no authentication yet (mTLS is its own slice): it refuses a non-loopback
-`grpc_host` unless `allow_unauthenticated_remote` is set, and that is refused in production.
+docs needs an API key or an HMAC signature, so the HTTP API may bind any address. EdgeLink has its
+own: with `edgelink_tls: mtls` every agent shows a site certificate of the plane's CA
+(`control_plane/pki.py`), so the gRPC port may face the network. It defaults to `none` so the
+embedded demo (plane and agent on one box, loopback) runs without certificates; a plaintext
+EdgeLink refuses a non-loopback `grpc_host` unless `allow_unauthenticated_remote` is set, and
+that is refused in production.
 Secrets (`HMAC_SECRET`, `API_KEY`) must be at least 32 characters and not the spec's demo
 values outside the development profile.
 """
@@ -18,6 +21,7 @@ values outside the development profile.
 from __future__ import annotations
 
 import ipaddress
+import re
 from pathlib import Path
 from typing import Any, Literal, Self
 
@@ -103,6 +107,21 @@ class PlaneSettings(BaseSettings):
         description="optional static key from the environment (bootstrap, read-mostly)",
     )
     api_key_role: Role = Field(default=Role.VIEWER, description="role of the static API_KEY")
+    edgelink_tls: Literal["none", "mtls"] = Field(
+        default="none",
+        description="none: plaintext EdgeLink (loopback demo); mtls: TLS with a site "
+        "certificate from the plane's CA required of every agent",
+    )
+    pki_dir: Path | None = Field(
+        default=None, description="the CA and the EdgeLink server certificate; <data_dir>/pki"
+    )
+    grpc_tls_names: list[str] | None = Field(
+        default=None,
+        description="names the agents dial (DNS names or IPs) for the server certificate; "
+        "default localhost, 127.0.0.1 and grpc_host",
+    )
+    server_cert_days: int = Field(default=397, ge=1, le=3650)
+    site_cert_days: int = Field(default=397, ge=1, le=3650)
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     heartbeat_interval_s: int = Field(default=10, ge=1, le=3600)
@@ -126,6 +145,14 @@ class PlaneSettings(BaseSettings):
         # No .env or secrets-dir magic: what configures the plane is the file and the env.
         return (init_settings, env_settings)
 
+    @field_validator("grpc_tls_names", mode="before")
+    @classmethod
+    def _names_from_text(cls, value: Any) -> Any:
+        # The environment may give a JSON list or, simpler, "plane.example.com,10.0.0.5".
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
     @field_validator("sqlite_synchronous", mode="before")
     @classmethod
     def _upper_synchronous(cls, value: object) -> object:
@@ -133,17 +160,18 @@ class PlaneSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _refuse_contradictions(self) -> Self:
-        if not _is_loopback(self.grpc_host) and not self.allow_unauthenticated_remote:
+        plaintext_remote = self.edgelink_tls != "mtls" and not _is_loopback(self.grpc_host)
+        if plaintext_remote and not self.allow_unauthenticated_remote:
             raise ValueError(
-                f"grpc_host {self.grpc_host!r} is not a loopback address, but EdgeLink has no "
-                "authentication yet (mTLS is a later slice): bind it to 127.0.0.1 (agents reach "
-                "it through a tunnel or an authenticating proxy) or set "
+                f"grpc_host {self.grpc_host!r} is not a loopback address, but EdgeLink runs "
+                "without TLS: set edgelink_tls to mtls (agents then show a site certificate, see "
+                "`bess-plane site-cert`), or bind it to 127.0.0.1, or set "
                 "allow_unauthenticated_remote in a development setup"
             )
         if self.allow_unauthenticated_remote and self.profile == "production":
             raise ValueError(
-                "allow_unauthenticated_remote is refused in the production profile: EdgeLink "
-                "has no authentication yet"
+                "allow_unauthenticated_remote is refused in the production profile: use "
+                "edgelink_tls: mtls for a remote EdgeLink"
             )
         if self.hmac_secret is not None and self.hmac_secret_file is not None:
             raise ValueError("set hmac_secret (HMAC_SECRET) or hmac_secret_file, not both")
@@ -152,6 +180,14 @@ class PlaneSettings(BaseSettings):
             _check_secret("HMAC_SECRET", hmac_key.decode(errors="replace"), self.profile)
         if self.api_key is not None:
             _check_secret("API_KEY", self.api_key.get_secret_value(), self.profile)
+        for name in self.grpc_tls_names or ():
+            if not (_is_ip(name) or _DNS_NAME.fullmatch(name)):
+                raise ValueError(
+                    f"grpc_tls_names: {name!r} is not a DNS name or IP address "
+                    "(e.g. plane.example.com or 10.0.0.5)"
+                )
+        if self.grpc_tls_names is not None and not self.grpc_tls_names:
+            raise ValueError("grpc_tls_names is empty: name at least one, or leave it unset")
         if self.database_url is not None:
             dsn = self.database_url.get_secret_value()
             if not dsn.startswith(("postgresql://", "postgresql+psycopg://", "postgres://")):
@@ -176,6 +212,20 @@ class PlaneSettings(BaseSettings):
     @property
     def sqlite_file(self) -> Path:
         return self.sqlite_path or self.data_dir / "plane.sqlite3"
+
+    @property
+    def pki_directory(self) -> Path:
+        return self.pki_dir or self.data_dir / "pki"
+
+    @property
+    def tls_names(self) -> list[str]:
+        """The EdgeLink server certificate's names (an any-address bind is no name)."""
+        if self.grpc_tls_names:
+            return list(dict.fromkeys(self.grpc_tls_names))
+        names = ["localhost", "127.0.0.1"]
+        if self.grpc_host not in ("0.0.0.0", "::", "[::]", ""):  # noqa: S104 - compared only
+            names.append(self.grpc_host.strip("[]"))
+        return list(dict.fromkeys(names))
 
     @property
     def store_description(self) -> str:
@@ -241,6 +291,17 @@ def _check_secret(name: str, secret: str, profile: str) -> None:
             f"{name} has {len(secret)} characters, at least {MIN_SECRET_CHARS} are needed in "
             f"the {profile} profile: generate one with {HOW_TO_GENERATE}"
         )
+
+
+_DNS_NAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})(\.[A-Za-z0-9_-]{1,63})*\.?")
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _is_loopback(host: str) -> bool:

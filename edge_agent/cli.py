@@ -145,13 +145,18 @@ def _uplink_block(target: str | None) -> str:
         f"uplink:\n  target: {json.dumps(target or 'plane.example.com:50051')}"
         "  # the plane's EdgeLink endpoint, host:port  BESS_UPLINK_TARGET",
         "  tls:",
-        "    enabled: true  # required whenever a token crosses the network",
-        "    # ca_file: /etc/bess-edge/plane-ca.pem  # CA of the plane's certificate "
-        "(default: system CAs)",
-        "    # cert_file: /etc/bess-edge/site.crt  # mutual TLS: this site's certificate ...",
-        "    # key_file: /etc/bess-edge/site.key  # ... and its private key",
+        "    enabled: true  # required whenever a token crosses the network  "
+        "BESS_UPLINK_TLS_ENABLED",
+        "    # Mutual TLS with the plane's own CA: `bess-plane site-cert SITE_ID` on the plane",
+        "    # writes these three files (all three or none); copy them here, site.key readable",
+        "    # by the agent's user only. Without them: server TLS with the system CAs.",
+        "    # ca_file: /etc/bess-edge/tls/ca.crt  # the plane's CA  BESS_UPLINK_TLS_CA_FILE",
+        "    # cert_file: /etc/bess-edge/tls/site.crt  # this site  BESS_UPLINK_TLS_CERT_FILE",
+        "    # key_file: /etc/bess-edge/tls/site.key  # its key  BESS_UPLINK_TLS_KEY_FILE",
+        "    # server_name: plane.example.com  # only when target is an address the plane's",
+        "    #   certificate does not name  BESS_UPLINK_TLS_SERVER_NAME",
         "  # The site token: the NAME of the variable that holds it (never the token itself),",
-        "  # or a file holding it (mode 0600).",
+        "  # or a file holding it (mode 0600). Not needed with a site certificate.",
         "  token_env: BESS_UPLINK_TOKEN",
         "  # token_file: /etc/bess-edge/token",
     ]

@@ -227,6 +227,11 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("BESS_UPDATE_INTERVAL", ("telemetry", "interval_s"), float),
     EnvVar("BESS_DATA_DIR", ("storage", "data_dir")),
     EnvVar("BESS_UPLINK_TARGET", ("uplink", "target")),
+    EnvVar("BESS_UPLINK_TLS_ENABLED", ("uplink", "tls", "enabled"), _bool),
+    EnvVar("BESS_UPLINK_TLS_CA_FILE", ("uplink", "tls", "ca_file"), help="plane CA (PEM)"),
+    EnvVar("BESS_UPLINK_TLS_CERT_FILE", ("uplink", "tls", "cert_file"), help="site cert"),
+    EnvVar("BESS_UPLINK_TLS_KEY_FILE", ("uplink", "tls", "key_file"), help="site key file"),
+    EnvVar("BESS_UPLINK_TLS_SERVER_NAME", ("uplink", "tls", "server_name")),
     EnvVar("BESS_METRICS_PORT", ("metrics", "port"), int),
     EnvVar("BESS_LOG_LEVEL", ("logging", "level"), str.upper),
 )

@@ -48,6 +48,7 @@ from typing import Any, cast
 import grpc
 import grpc.aio
 
+from .certinfo import CertificateFormatError, read_pem_certificate
 from .config import ENV_VARS, ConfigError, SiteConfig, load_config
 from .executor import ExecutorConfigError, check_revert_timeout
 from .modbus_client import (
@@ -262,7 +263,9 @@ async def diagnose(
         groups.append(("rest", lambda: check_rest(rest, opts)))
     uplink = config.uplink
     if uplink is not None:
-        groups.append(("uplink", lambda: check_uplink(uplink, opts, environ)))
+        groups.append(
+            ("uplink", lambda: check_uplink(uplink, opts, environ, site_id=config.site_id))
+        )
     else:
         groups.append(("uplink", _constant([_skip("uplink", "no uplink configured")])))
     groups.append(("disk", lambda: check_disk(config, opts)))
@@ -1209,7 +1212,11 @@ def _read_file(path: Path, what: str) -> tuple[bytes | None, str | None]:
 
 
 async def check_uplink(
-    settings: UplinkSettings, opts: DoctorOptions, env: Mapping[str, str]
+    settings: UplinkSettings,
+    opts: DoctorOptions,
+    env: Mapping[str, str],
+    *,
+    site_id: str | None = None,
 ) -> list[Check]:
     names = ["uplink: address", "uplink: connect", "uplink: credentials", "uplink: grpc"]
     host, port = settings.host, int(settings.target.rpartition(":")[2])
@@ -1233,7 +1240,7 @@ async def check_uplink(
                 "check uplink.target (BESS_UPLINK_TARGET) and this box's DNS settings",
             )
         )
-    checks.append(_uplink_credentials(settings, env))
+    checks.append(_uplink_credentials(settings, env, site_id=site_id))
     if checks[0].status is Status.FAIL:
         return [checks[0], _skip(names[1], "no address"), checks[1], _skip(names[3], "no address")]
     probe = await tcp_probe(host, port, timeout_s=opts.connect_timeout_s, service="uplink")
@@ -1250,10 +1257,21 @@ async def check_uplink(
     return [checks[0], connect, checks[1], await _grpc_ready(settings, opts)]
 
 
-def _uplink_credentials(settings: UplinkSettings, env: Mapping[str, str]) -> Check:
+CERT_RENEW_WARN_DAYS = 30
+"""Warn this long before the site certificate expires (`bess-plane site-cert` issues a new)."""
+
+
+def _uplink_credentials(
+    settings: UplinkSettings,
+    env: Mapping[str, str],
+    *,
+    site_id: str | None = None,
+    now: float | None = None,
+) -> Check:
     name = "uplink: credentials"
     problems: list[str] = []
     notes: list[str] = []
+    warnings: list[str] = []
     tls = settings.tls
     if tls.enabled:
         for what, path in (("tls.ca_file", tls.ca_file), ("tls.cert_file", tls.cert_file)):
@@ -1264,11 +1282,16 @@ def _uplink_credentials(settings: UplinkSettings, env: Mapping[str, str]) -> Che
                 problems.append(problem)
             elif data is not None and b"-----BEGIN" not in data:
                 problems.append(f"{what} {path} is not a PEM file")
+            elif data is not None and what == "tls.cert_file":
+                note, problem, warning = _site_certificate(data, site_id, now)
+                notes += [note] if note else []
+                problems += [problem] if problem else []
+                warnings += [warning] if warning else []
         if tls.key_file is not None:
             _, problem = _read_file(tls.key_file, "tls.key_file")
             if problem:
                 problems.append(problem)
-        notes.append("TLS" + (" with client certificate" if tls.cert_file else ""))
+        notes.insert(0, "TLS" + (" with client certificate" if tls.cert_file else ""))
     else:
         notes.append("no TLS")
     auth_warning = ""
@@ -1296,11 +1319,53 @@ def _uplink_credentials(settings: UplinkSettings, env: Mapping[str, str]) -> Che
             name,
             Status.FAIL,
             "; ".join(problems),
-            "the files must exist and be readable by the agent's user",
+            "the files must exist and be readable by the agent's user, and the certificate "
+            "must be this site's and current: a technician issues one with "
+            "`bess-plane site-cert SITE_ID` on the plane",
         )
-    if auth_warning:
-        return Check(name, Status.WARN, ", ".join(notes), auth_warning)
+    if auth_warning or warnings:
+        hint = "; ".join(w for w in (*warnings, auth_warning) if w)
+        return Check(name, Status.WARN, ", ".join(notes), hint)
     return Check(name, Status.OK, ", ".join(notes))
+
+
+def _site_certificate(pem: bytes, site_id: str | None, now: float | None) -> tuple[str, str, str]:
+    """(note, problem, warning) about the site certificate: its site and its expiry."""
+    try:
+        cert = read_pem_certificate(pem)
+    except CertificateFormatError as exc:
+        return "", f"tls.cert_file cannot be read as a certificate: {exc}", ""
+    moment = time.time() if now is None else now
+    until = f"{cert.not_after:%Y-%m-%d}"
+    sites = cert.site_ids
+    if len(sites) != 1:
+        named = f"names the sites {', '.join(sites)}" if sites else "names no site"
+        return "", f"tls.cert_file {named} (needs one SAN URI urn:bess:site:<SITE_ID>)", ""
+    if site_id is not None and sites[0] != site_id:
+        return (
+            "",
+            (
+                f"tls.cert_file is for site {sites[0]!r} but site_id is {site_id!r}: "
+                "the plane refuses the stream (PERMISSION_DENIED)"
+            ),
+            "",
+        )
+    if moment >= cert.not_after.timestamp():
+        return "", f"the site certificate expired on {until}", ""
+    if moment < cert.not_before.timestamp():
+        return (
+            "",
+            (
+                f"the site certificate is valid only from {cert.not_before:%Y-%m-%d %H:%M} UTC: "
+                "is this box's clock right?"
+            ),
+            "",
+        )
+    note = f"site certificate for {sites[0]} until {until}"
+    days_left = (cert.not_after.timestamp() - moment) / 86_400
+    if days_left < CERT_RENEW_WARN_DAYS:
+        return note, "", f"the site certificate expires in {days_left:.0f} days: issue a new one"
+    return note, "", ""
 
 
 async def _grpc_ready(settings: UplinkSettings, opts: DoctorOptions) -> Check:

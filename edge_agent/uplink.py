@@ -187,8 +187,17 @@ class TlsSettings(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
-        if (self.cert_file is None) != (self.key_file is None):
-            raise ValueError("tls.cert_file and tls.key_file go together (mutual TLS)")
+        client = {"ca_file": self.ca_file, "cert_file": self.cert_file, "key_file": self.key_file}
+        if self.cert_file is not None or self.key_file is not None:
+            missing = [f"tls.{name}" for name, path in client.items() if path is None]
+            if missing:
+                # The plane's CA signs both ends: a site certificate without the CA cannot
+                # verify the plane (the system roots do not know that CA).
+                raise ValueError(
+                    "tls.ca_file, tls.cert_file and tls.key_file go together (mutual TLS); "
+                    f"missing {', '.join(missing)}: `bess-plane site-cert` writes ca.crt, "
+                    "site.crt and site.key"
+                )
         given = [
             name
             for name in ("ca_file", "cert_file", "key_file", "server_name")

@@ -1,4 +1,4 @@
-"""The fleet's HTTP routes: site status, history, schedules and external telemetry.
+"""The fleet's HTTP routes: site status, history, schedules, commands and external telemetry.
 
 Only translation here (STYLE item 10): domain errors become HTTP errors, domain values become
 the response models of `schemas.py`.
@@ -14,12 +14,14 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query, status
 
-from control_plane.auth.deps import require
+from control_plane.auth.deps import TechnicianDep, require
 from control_plane.auth.models import Role
 from control_plane.deps import FleetDep
 
 from .models import UnknownSiteError, utc_now
 from .schemas import (
+    CommandCreate,
+    CommandPublic,
     EventPublic,
     FleetStatusPublic,
     FleetTotalsPublic,
@@ -149,6 +151,45 @@ async def list_schedules(site_id: str, fleet: FleetDep) -> list[SchedulePublic]:
         raise _not_found(exc) from None
     now = utc_now()
     return [SchedulePublic.of(r, now=now) for r in records]
+
+
+@router.post(
+    "/api/sites/{site_id}/commands",
+    response_model=CommandPublic,
+    status_code=status.HTTP_202_ACCEPTED,
+)
+async def post_command(
+    site_id: str, body: CommandCreate, fleet: FleetDep, principal: TechnicianDep
+) -> CommandPublic:
+    """Send set_limits, stop or resume to the site's agent (now, or when it connects).
+
+    202: stored and on its way; follow `status` with GET .../commands (acknowledged or
+    rejected once the agent answers, expired if it does not answer in time).
+    The issuer recorded (and sent to the agent for its audit log) is the API key's name.
+    Role: technician.
+    """
+    now = utc_now()
+    issued_by = f"{principal.name} ({principal.via})"
+    try:
+        record = await fleet.submit_command(
+            site_id=site_id, new=body.to_domain(now=now, issued_by=issued_by)
+        )
+    except UnknownSiteError as exc:
+        raise _not_found(exc) from None
+    return CommandPublic.of(record, now=utc_now())
+
+
+@router.get(
+    "/api/sites/{site_id}/commands", response_model=list[CommandPublic], dependencies=VIEWER
+)
+async def list_commands(site_id: str, fleet: FleetDep, limit: Limit = 100) -> list[CommandPublic]:
+    """The site's commands, newest first, with their delivery status."""
+    try:
+        records = await fleet.commands(site_id=site_id, limit=limit)
+    except UnknownSiteError as exc:
+        raise _not_found(exc) from None
+    now = utc_now()
+    return [CommandPublic.of(r, now=now) for r in records]
 
 
 async def _ingest(body: TelemetryIn, fleet: FleetService) -> TelemetryStored:

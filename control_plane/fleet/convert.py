@@ -16,15 +16,21 @@ from typing import TYPE_CHECKING, Any
 from bess.v1 import edgelink_pb2 as pb
 
 from .models import (
+    Command,
+    CommandAnswer,
+    CommandOut,
     Event,
     EventAckOut,
     Heartbeat,
     Hello,
     Outbound,
     Ratings,
+    ResumeAction,
     Schedule,
     ScheduleAnswer,
     ScheduleOut,
+    SetLimitsAction,
+    StopAction,
     TelemetryAckOut,
     TelemetrySample,
     Welcome,
@@ -164,6 +170,36 @@ def schedule_to_proto(schedule: Schedule) -> pb.Schedule:
     )
 
 
+def command_to_proto(command: Command) -> pb.Command:
+    out = pb.Command(
+        command_id=command.command_id,
+        issued_unix_ms=to_unix_ms(command.issued_at),
+        expires_unix_ms=to_unix_ms(command.expires_at) if command.expires_at else 0,
+        issued_by=command.issued_by,
+    )
+    action = command.action
+    if isinstance(action, SetLimitsAction):
+        out.set_limits.SetInParent()
+        for name in ("min_soc_pct", "max_soc_pct", "max_charge_kw", "max_discharge_kw"):
+            value = getattr(action, name)
+            if value is not None:
+                setattr(out.set_limits, name, value)
+    elif isinstance(action, StopAction):
+        out.stop.reason = action.reason
+    elif isinstance(action, ResumeAction):
+        out.resume.SetInParent()
+    return out
+
+
+def command_answer_from_proto(ack: pb.CommandAck) -> CommandAnswer:
+    return CommandAnswer(
+        command_id=ack.command_id,
+        accepted=ack.status == pb.ACK_STATUS_ACCEPTED,
+        reason=_name(pb.RejectReason, ack.reject_reason, "REJECT_REASON_"),
+        detail=ack.detail,
+    )
+
+
 def outbound_message(item: Outbound) -> pb.PlaneMessage | None:
     """The wire message of a session's outbound item; None for a SessionEnd (a status)."""
     if isinstance(item, TelemetryAckOut):
@@ -174,4 +210,6 @@ def outbound_message(item: Outbound) -> pb.PlaneMessage | None:
         return pb.PlaneMessage(event_ack=pb.EventAck(acked_through_seq=item.acked_through_seq))
     if isinstance(item, ScheduleOut):
         return pb.PlaneMessage(schedule=schedule_to_proto(item.schedule))
+    if isinstance(item, CommandOut):
+        return pb.PlaneMessage(command=command_to_proto(item.command))
     return None

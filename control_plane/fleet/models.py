@@ -10,9 +10,14 @@ the wire (status, alarms, severity, kind, ...) are lower-case names, e.g. "charg
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+
+SITE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+"""A site id (Hello.site_id, certificates, URLs): 1-63 letters, digits, '.', '_' or '-'."""
+SITE_ID_RULE = "1-63 letters, digits, '.', '_' or '-', starting with a letter or digit"
 
 SCHEDULE_INTERVAL_MINUTES = 15
 """PT15M: the delivery period of the market; the only schedule resolution accepted so far."""
@@ -28,6 +33,7 @@ class FleetError(Exception):
     FleetError
      +-- UnknownSiteError        no site with that id has ever said hello
      +-- InvalidScheduleError    a schedule that breaks a rule; the message says which
+     +-- InvalidCommandError     a command that breaks a rule; the message says which
     """
 
 
@@ -38,6 +44,10 @@ class UnknownSiteError(FleetError):
 
 
 class InvalidScheduleError(FleetError, ValueError):
+    pass
+
+
+class InvalidCommandError(FleetError, ValueError):
     pass
 
 
@@ -244,6 +254,151 @@ def check_schedule(new: NewSchedule) -> None:
         previous_end = start + step
 
 
+# -- commands --------------------------------------------------------------------------------
+
+
+class CommandKind(StrEnum):
+    SET_LIMITS = "set_limits"
+    STOP = "stop"
+    RESUME = "resume"
+
+
+class CommandStatus(StrEnum):
+    PENDING = "pending"  # stored, the site is offline: sent when it connects
+    SENT = "sent"  # pushed to the agent, no answer yet (re-sent after a reconnect)
+    ACKNOWLEDGED = "acknowledged"  # the agent applied it
+    REJECTED = "rejected"  # the agent refused it (detail says why); not re-sent
+    EXPIRED = "expired"  # unanswered at its expiry (or the agent said it arrived too late)
+
+
+OPEN_COMMAND_STATUSES = (CommandStatus.PENDING, CommandStatus.SENT)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SetLimitsAction:
+    """Narrow the agent's limits; None leaves that limit as it is (the agent never widens)."""
+
+    min_soc_pct: float | None = None
+    max_soc_pct: float | None = None
+    max_charge_kw: float | None = None
+    max_discharge_kw: float | None = None
+
+    @property
+    def kind(self) -> CommandKind:
+        return CommandKind.SET_LIMITS
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StopAction:
+    """Hold the battery at 0 kW until Resume."""
+
+    reason: str = ""
+
+    @property
+    def kind(self) -> CommandKind:
+        return CommandKind.STOP
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ResumeAction:
+    """Lift a Stop."""
+
+    @property
+    def kind(self) -> CommandKind:
+        return CommandKind.RESUME
+
+
+CommandAction = SetLimitsAction | StopAction | ResumeAction
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NewCommand:
+    """A command as an operator submits it; the plane assigns id and issue time."""
+
+    action: CommandAction
+    expires_at: datetime | None = None  # None: never expires
+    issued_by: str = ""
+
+    def __post_init__(self) -> None:
+        check_command(self)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Command:
+    command_id: str  # UUID; the agent applies each id at most once
+    site_id: str
+    action: CommandAction
+    issued_by: str
+    issued_at: datetime
+    expires_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CommandRecord:
+    """A command and where its delivery stands."""
+
+    command: Command
+    status: CommandStatus
+    sent_at: datetime | None = None
+    answered_at: datetime | None = None
+    detail: str = ""
+
+    def status_at(self, now: datetime) -> CommandStatus:
+        """The status with expiry applied (an unanswered command past its expiry)."""
+        expires = self.command.expires_at
+        if self.status in OPEN_COMMAND_STATUSES and expires is not None and now >= expires:
+            return CommandStatus.EXPIRED
+        return self.status
+
+
+@dataclass(frozen=True, slots=True)
+class CommandAnswer:
+    """The agent's CommandAck."""
+
+    command_id: str
+    accepted: bool
+    reason: str = ""
+    detail: str = ""
+
+
+MAX_STOP_REASON = 200
+
+
+def check_command(new: NewCommand) -> None:
+    """Raise InvalidCommandError naming the first broken rule."""
+    if new.expires_at is not None and new.expires_at.tzinfo is None:
+        raise InvalidCommandError("expires_at needs a time zone (UTC offset)")
+    action = new.action
+    if isinstance(action, StopAction) and len(action.reason) > MAX_STOP_REASON:
+        raise InvalidCommandError(f"stop.reason is longer than {MAX_STOP_REASON} characters")
+    if not isinstance(action, SetLimitsAction):
+        return
+    given = {
+        name: value
+        for name in ("min_soc_pct", "max_soc_pct", "max_charge_kw", "max_discharge_kw")
+        if (value := getattr(action, name)) is not None
+    }
+    if not given:
+        raise InvalidCommandError(
+            "set_limits needs at least one of min_soc_pct, max_soc_pct, max_charge_kw, "
+            "max_discharge_kw"
+        )
+    for name, value in given.items():
+        if not math.isfinite(value):
+            raise InvalidCommandError(f"set_limits.{name} must be a finite number")
+        if name.endswith("_pct") and not 0.0 <= value <= 100.0:
+            raise InvalidCommandError(f"set_limits.{name} {value:g} is outside 0 to 100")
+        if name.endswith("_kw") and value < 0:
+            raise InvalidCommandError(
+                f"set_limits.{name} {value:g} is negative (limits are magnitudes, >= 0)"
+            )
+    low, high = action.min_soc_pct, action.max_soc_pct
+    if low is not None and high is not None and low >= high:
+        raise InvalidCommandError(
+            f"set_limits.min_soc_pct {low:g} must be below max_soc_pct {high:g}"
+        )
+
+
 # -- sites -----------------------------------------------------------------------------------
 
 
@@ -294,6 +449,11 @@ class ScheduleOut:
     schedule: Schedule
 
 
+@dataclass(frozen=True, slots=True)
+class CommandOut:
+    command: Command
+
+
 class EndReason(StrEnum):
     REPLACED = "replaced"  # a newer session of the site took over (ABORTED)
     DRAINING = "draining"  # the plane shuts down (UNAVAILABLE)
@@ -308,4 +468,4 @@ class SessionEnd:
     detail: str
 
 
-Outbound = TelemetryAckOut | EventAckOut | ScheduleOut | SessionEnd
+Outbound = TelemetryAckOut | EventAckOut | ScheduleOut | CommandOut | SessionEnd

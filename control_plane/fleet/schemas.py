@@ -2,22 +2,30 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Literal, Self
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from .models import (
+    MAX_STOP_REASON,
+    CommandAction,
+    CommandRecord,
     Event,
     FleetTotals,
     Heartbeat,
+    NewCommand,
     NewSchedule,
     Ratings,
+    ResumeAction,
     ScheduleInterval,
     ScheduleRecord,
+    SetLimitsAction,
     Site,
     SiteStatus,
+    StopAction,
     TelemetrySample,
+    utc_now,
 )
 
 MAX_SCHEDULE_INTERVALS = 7 * 96  # a week of quarter-hours
@@ -305,6 +313,113 @@ class SchedulePublic(BaseModel):
                 ScheduleIntervalPublic(start=i.start, power_kw=i.power_kw) for i in s.intervals
             ],
             origin=s.origin,
+            sent_at=r.sent_at,
+            answered_at=r.answered_at,
+            detail=r.detail,
+        )
+
+
+# -- commands --------------------------------------------------------------------------------
+
+MAX_COMMAND_EXPIRY_S = 30 * 86_400
+
+
+class SetLimitsIn(BaseModel):
+    """Narrow the site's limits; a field left out keeps that limit (the agent never widens)."""
+
+    model_config = _IN
+
+    min_soc_pct: float | None = Field(default=None, ge=0, le=100, allow_inf_nan=False)
+    max_soc_pct: float | None = Field(default=None, ge=0, le=100, allow_inf_nan=False)
+    max_charge_kw: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    max_discharge_kw: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+
+
+class StopIn(BaseModel):
+    model_config = _IN
+
+    reason: str = Field(default="", max_length=MAX_STOP_REASON)
+
+
+class ResumeIn(BaseModel):
+    model_config = _IN
+
+
+class CommandCreate(BaseModel):
+    """Exactly one of set_limits, stop, resume; the plane assigns the id."""
+
+    model_config = _IN
+
+    set_limits: SetLimitsIn | None = None
+    stop: StopIn | None = None
+    resume: ResumeIn | None = None
+    expires_in_s: float | None = Field(
+        default=None,
+        gt=0,
+        le=MAX_COMMAND_EXPIRY_S,
+        allow_inf_nan=False,
+        description="not applied after this many seconds from now; default never expires",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        given = [n for n in ("set_limits", "stop", "resume") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one of set_limits, stop, resume"
+                + (f" (got {', '.join(given)})" if given else "")
+            )
+        self.to_domain(now=utc_now(), issued_by="")  # InvalidCommandError: a 422 naming the rule
+        return self
+
+    def _action(self) -> CommandAction:
+        if self.set_limits is not None:
+            return SetLimitsAction(**self.set_limits.model_dump())
+        if self.stop is not None:
+            return StopAction(reason=self.stop.reason)
+        return ResumeAction()
+
+    def to_domain(self, *, now: datetime, issued_by: str) -> NewCommand:
+        expires = None
+        if self.expires_in_s is not None:
+            expires = now + timedelta(seconds=self.expires_in_s)
+        return NewCommand(action=self._action(), expires_at=expires, issued_by=issued_by)
+
+
+class CommandPublic(BaseModel):
+    command_id: str
+    site_id: str
+    kind: str = Field(description="set_limits, stop, resume")
+    payload: dict[str, float | str] = Field(description="the action's fields")
+    status: str = Field(description="pending, sent, acknowledged, rejected, expired")
+    issued_by: str
+    issued_at: datetime
+    expires_at: datetime | None
+    sent_at: datetime | None
+    answered_at: datetime | None
+    detail: str = Field(description="the agent's answer, or why the command expired")
+
+    @classmethod
+    def of(cls, r: CommandRecord, *, now: datetime) -> CommandPublic:
+        c = r.command
+        action = c.action
+        payload: dict[str, float | str] = {}
+        if isinstance(action, SetLimitsAction):
+            for name in ("min_soc_pct", "max_soc_pct", "max_charge_kw", "max_discharge_kw"):
+                value = getattr(action, name)
+                if value is not None:
+                    payload[name] = value
+        elif isinstance(action, StopAction):
+            payload["reason"] = action.reason
+        return cls(
+            command_id=c.command_id,
+            site_id=c.site_id,
+            kind=action.kind,
+            payload=payload,
+            status=r.status_at(now),
+            issued_by=c.issued_by,
+            issued_at=c.issued_at,
+            expires_at=c.expires_at,
             sent_at=r.sent_at,
             answered_at=r.answered_at,
             detail=r.detail,

@@ -11,6 +11,12 @@ Schedules: the plane numbers versions per site. A new one supersedes the older o
 force, is pushed at once when the site is connected, and otherwise (or if the ack never came)
 after the site's next Hello, until the agent acknowledges or rejects it. A Hello that reports
 the version already held counts as its acknowledgement (the ack was lost with the stream).
+
+Commands (SetLimits / Stop / Resume) travel the same way: stored with a UUID, pushed at once to
+a connected site and otherwise (or while unanswered) after every Hello, oldest first, until the
+agent answers (it applies an id at most once and repeats its answer for a redelivery) or the
+command expires. An expired command is never sent again: it is marked expired when a session
+would have re-sent it, and reads derive the expiry in between.
 """
 
 from __future__ import annotations
@@ -29,6 +35,10 @@ from typing import Any, ParamSpec, TypeVar
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from .models import (
+    CommandAnswer,
+    CommandOut,
+    CommandRecord,
+    CommandStatus,
     EndReason,
     Event,
     EventAckOut,
@@ -36,6 +46,7 @@ from .models import (
     Heartbeat,
     Hello,
     IngestResult,
+    NewCommand,
     NewSchedule,
     Outbound,
     ScheduleAnswer,
@@ -104,6 +115,12 @@ class FleetMetrics:
         self.schedules_sent = Counter(
             "bess_plane_schedules_sent_total",
             "Schedule messages pushed to agents",
+            registry=registry,
+        )
+        self.commands = Counter(
+            "bess_plane_commands_total",
+            "Commands by kind and the status they reached (pending = submitted)",
+            ["kind", "status"],
             registry=registry,
         )
         self.sites_connected = Gauge(
@@ -188,10 +205,11 @@ class FleetService:
 
     # -- sessions (called by the EdgeLink servicer) ------------------------------------------
 
-    async def open_session(self, hello: Hello) -> tuple[Session, Welcome, ScheduleRecord | None]:
+    async def open_session(self, hello: Hello) -> tuple[Session, Welcome, list[Outbound]]:
         """Register the site, replace an older session, and say where the agent resumes.
 
-        Returns the schedule to send right after the Welcome, if the agent lacks it.
+        Returns what to send right after the Welcome: the schedule, if the agent lacks it, and
+        the commands still waiting for an answer, oldest first.
         """
         now = self.clock()
         session_id = f"{self._instance}-{next(self._session_numbers)}"
@@ -216,6 +234,7 @@ class FleetService:
                     ScheduleAnswer(expected, True, detail="held by the agent (reported in Hello)"),
                     now=now,
                 )
+        to_send_now: list[Outbound] = [] if to_send is None else [ScheduleOut(to_send.schedule)]
         session = Session(session_id=session_id, hello=hello, opened_at=now, last_heard=now)
         previous = self._sessions.get(hello.site_id)
         if previous is not None:
@@ -223,6 +242,15 @@ class FleetService:
                 SessionEnd(EndReason.REPLACED, "replaced by a newer session of this site")
             )
         self._sessions[hello.site_id] = session
+        try:
+            # Read after registering: a command submitted meanwhile is pushed to this session
+            # (perhaps listed here too: sent twice, and the agent answers a repeat alike).
+            waiting = await self._open_commands(hello.site_id)
+        except BaseException:
+            if self._sessions.get(hello.site_id) is session:
+                del self._sessions[hello.site_id]
+            raise
+        to_send_now += [CommandOut(r.command) for r in waiting]
         self.metrics.sessions_opened.inc()
         self._emit(
             "site.connected",
@@ -244,12 +272,32 @@ class FleetService:
             session_id,
             last_seq,
         )
-        return session, welcome, to_send
+        return session, welcome, to_send_now
 
-    async def schedule_sent(self, session: Session, version: int) -> None:
-        """The servicer wrote the schedule to the stream."""
-        self.metrics.schedules_sent.inc()
-        await self._write(self.store.mark_sent, session.site_id, version, now=self.clock())
+    async def _open_commands(self, site_id: str) -> list[CommandRecord]:
+        """The site's unanswered commands, oldest first; expired ones are marked so."""
+        now = self.clock()
+        records = await self._read(self.store.commands, site_id, open_only=True)
+        waiting = []
+        for record in reversed(records):
+            if record.status_at(now) is CommandStatus.EXPIRED:
+                if await self._write(self.store.expire_command, record.command, now=now):
+                    self._count_command(record, CommandStatus.EXPIRED)
+            else:
+                waiting.append(record)
+        return waiting
+
+    async def sent(self, session: Session, item: Outbound) -> None:
+        """The servicer wrote `item` to the stream: a schedule or command is now 'sent'."""
+        now = self.clock()
+        if isinstance(item, ScheduleOut):
+            self.metrics.schedules_sent.inc()
+            await self._write(self.store.mark_sent, session.site_id, item.schedule.version, now=now)
+        elif isinstance(item, CommandOut):
+            self.metrics.commands.labels(kind=item.command.action.kind, status="sent").inc()
+            await self._write(
+                self.store.mark_command_sent, session.site_id, item.command.command_id, now=now
+            )
 
     async def close_session(self, session: Session, reason: str) -> None:
         now = self.clock()
@@ -345,6 +393,28 @@ class FleetService:
                 "setpoint_kw": newest.setpoint_kw,
             },
         )
+
+    async def command_answered(self, session: Session, answer: CommandAnswer) -> None:
+        now = self.clock()
+        session.last_heard = now
+        status = await self._write(self.store.answer_command, session.site_id, answer, now=now)
+        if status is None:
+            return  # a repeat, or an id this site never got
+        record = await self._read(self.store.command, session.site_id, answer.command_id)
+        kind = record.command.action.kind if record is not None else "unknown"
+        self.metrics.commands.labels(kind=kind, status=status).inc()
+        log_fn = log.info if answer.accepted else log.warning
+        log_fn(
+            "fleet: site %s %s command %s (%s): %s",
+            session.site_id,
+            "applied" if answer.accepted else "did not apply",
+            answer.command_id,
+            kind,
+            answer.detail if answer.accepted else f"{answer.reason}: {answer.detail}",
+        )
+
+    def _count_command(self, record: CommandRecord, status: CommandStatus) -> None:
+        self.metrics.commands.labels(kind=record.command.action.kind, status=status).inc()
 
     def _count(self, result: IngestResult, *, stream: str) -> None:
         self.metrics.batches.inc()
@@ -473,21 +543,50 @@ class FleetService:
         """Store the next version and push it now if the site is connected."""
         await self.site(site_id)
         record = await self._write(self.store.add_schedule, site_id, new, now=self.clock())
-        session = self._sessions.get(site_id)
-        if session is not None:
-            session.outbound.put_nowait(ScheduleOut(record.schedule))
+        pushed = self._push(site_id, ScheduleOut(record.schedule))
         log.info(
             "fleet: schedule v%d for site %s stored (%d intervals, %s)",
             record.schedule.version,
             site_id,
             len(new.intervals),
-            "pushing now" if session is not None else "site offline: sent when it connects",
+            "pushing now" if pushed else "site offline: sent when it connects",
         )
         return record
+
+    def _push(self, site_id: str, item: Outbound) -> bool:
+        """Queue `item` on the site's open session; False if it has none (sent on Hello)."""
+        session = self._sessions.get(site_id)
+        if session is None:
+            return False
+        session.outbound.put_nowait(item)
+        return True
 
     async def schedules(self, *, site_id: str) -> list[ScheduleRecord]:
         await self.site(site_id)
         return await self._read(self.store.schedules, site_id)
+
+    async def submit_command(self, *, site_id: str, new: NewCommand) -> CommandRecord:
+        """Store the command and push it now if the site is connected (else on its Hello)."""
+        await self.site(site_id)
+        record = await self._write(
+            self.store.add_command, site_id, new, command_id=str(uuid.uuid4()), now=self.clock()
+        )
+        self._count_command(record, CommandStatus.PENDING)
+        pushed = self._push(site_id, CommandOut(record.command))
+        log.info(
+            "fleet: command %s (%s) for site %s by %s stored, %s",
+            record.command.command_id,
+            new.action.kind,
+            site_id,
+            new.issued_by or "?",
+            "pushing now" if pushed else "site offline: sent when it connects",
+        )
+        return record
+
+    async def commands(self, *, site_id: str, limit: int = 100) -> list[CommandRecord]:
+        """The site's commands, newest first."""
+        await self.site(site_id)
+        return await self._read(self.store.commands, site_id, limit=limit)
 
 
 def _alarm_data(site_id: str, event: Event) -> dict[str, Any]:

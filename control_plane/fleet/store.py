@@ -1,4 +1,4 @@
-"""Fleet persistence: sites, telemetry, events and schedules in SQLite or PostgreSQL.
+"""Fleet persistence: sites, telemetry, events, schedules and commands in SQLite or PostgreSQL.
 
 Blocking SQLAlchemy Core calls; the service runs them off the event loop. Times are stored as
 `*_unix_ms` BIGINT (like the wire: comparable, no time-zone handling per dialect) and become
@@ -6,6 +6,10 @@ aware UTC datetimes here. Telemetry and events are keyed by (site_id, seq) and i
 `ON CONFLICT DO NOTHING`, one transaction per batch, so a resent batch stores nothing twice and
 an ack can follow the commit. Telemetry from the HTTP API lives in its own `stream` ("api"),
 so its numbering never moves the agent's resume point.
+
+Schedules and commands share one delivery life cycle (pending -> sent -> acknowledged /
+rejected), moved forward by `_advance`: a status change only from the states it may leave, so
+a repeated ack or a late "sent" changes nothing.
 """
 
 from __future__ import annotations
@@ -22,17 +26,28 @@ from sqlalchemy.engine import Connection, Engine, RowMapping
 from control_plane.db import Migration, migrate
 
 from .models import (
+    OPEN_COMMAND_STATUSES,
+    Command,
+    CommandAction,
+    CommandAnswer,
+    CommandKind,
+    CommandRecord,
+    CommandStatus,
     Event,
     Heartbeat,
     Hello,
     IngestResult,
+    NewCommand,
     NewSchedule,
     Ratings,
+    ResumeAction,
     Schedule,
     ScheduleAnswer,
     ScheduleInterval,
     ScheduleRecord,
     ScheduleStatus,
+    SetLimitsAction,
+    StopAction,
     TelemetrySample,
 )
 
@@ -125,13 +140,42 @@ schedules = sa.Table(
 )
 
 
+# Tables of later migrations live in metadata of their own, so `_create_v1` keeps creating
+# exactly the v1 schema.
+metadata_v2 = sa.MetaData()
+
+commands = sa.Table(
+    "fleet_commands",
+    metadata_v2,
+    sa.Column("command_id", sa.String(36), primary_key=True),  # UUID
+    sa.Column("site_id", sa.String(64), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("payload", sa.Text, nullable=False),  # JSON of the action's fields
+    sa.Column("issued_by", sa.String(200), nullable=False),
+    sa.Column("issued_unix_ms", sa.BigInteger, nullable=False),
+    sa.Column("expires_unix_ms", sa.BigInteger),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("sent_unix_ms", sa.BigInteger),
+    sa.Column("answered_unix_ms", sa.BigInteger),
+    sa.Column("detail", sa.Text, nullable=False, server_default=""),
+    sa.Index("ix_fleet_commands_site_issued", "site_id", "issued_unix_ms"),
+)
+
+
 def _create_v1(conn: Connection) -> None:
     # Version 1 of the schema is the tables above as first shipped; a later change to them is
     # a new migration (ALTER ...), and this step then keeps a frozen copy of the v1 tables.
     metadata.create_all(conn, checkfirst=True)
 
 
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, "fleet tables", _create_v1),)
+def _create_v2(conn: Connection) -> None:
+    metadata_v2.create_all(conn, checkfirst=True)
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "fleet tables", _create_v1),
+    Migration(2, "fleet commands", _create_v2),
+)
 
 
 def to_ms(moment: datetime) -> int:
@@ -438,32 +482,118 @@ class FleetStore:
         return found[0] if found else None
 
     def mark_sent(self, site_id: str, version: int, *, now: datetime) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(
-                schedules.update()
-                .where(
-                    schedules.c.site_id == site_id,
-                    schedules.c.version == version,
-                    schedules.c.status.in_([ScheduleStatus.PENDING, ScheduleStatus.SENT]),
-                )
-                .values(status=ScheduleStatus.SENT, sent_unix_ms=to_ms(now))
-            )
+        self._advance(
+            schedules,
+            [schedules.c.site_id == site_id, schedules.c.version == version],
+            status=ScheduleStatus.SENT,
+            sent_unix_ms=to_ms(now),
+        )
 
     def answer(self, site_id: str, answer: ScheduleAnswer, *, now: datetime) -> bool:
         """Record the agent's answer; False if no schedule waited for one (a repeat)."""
         status = ScheduleStatus.ACKNOWLEDGED if answer.accepted else ScheduleStatus.REJECTED
         detail = answer.detail if answer.accepted else f"{answer.reason}: {answer.detail}"
+        return self._advance(
+            schedules,
+            [schedules.c.site_id == site_id, schedules.c.version == answer.version],
+            status=status,
+            answered_unix_ms=to_ms(now),
+            detail=detail,
+        )
+
+    def _advance(self, table: sa.Table, where: list[Any], **values: Any) -> bool:
+        """Move a pending or sent schedule/command on; False if it was in neither state."""
+        # Both status enums spell pending and sent the same.
+        open_states = [str(s) for s in OPEN_COMMAND_STATUSES]
         with self.engine.begin() as conn:
             result = conn.execute(
-                schedules.update()
-                .where(
-                    schedules.c.site_id == site_id,
-                    schedules.c.version == answer.version,
-                    schedules.c.status.in_([ScheduleStatus.PENDING, ScheduleStatus.SENT]),
-                )
-                .values(status=status, answered_unix_ms=to_ms(now), detail=detail)
+                table.update().where(*where, table.c.status.in_(open_states)).values(**values)
             )
             return bool(result.rowcount)
+
+    # -- commands ------------------------------------------------------------------------
+
+    def add_command(
+        self, site_id: str, new: NewCommand, *, command_id: str, now: datetime
+    ) -> CommandRecord:
+        command = Command(
+            command_id=command_id,
+            site_id=site_id,
+            action=new.action,
+            issued_by=new.issued_by,
+            issued_at=now,
+            expires_at=new.expires_at,
+        )
+        with self.engine.begin() as conn:
+            conn.execute(
+                commands.insert().values(
+                    command_id=command_id,
+                    site_id=site_id,
+                    kind=new.action.kind,
+                    payload=json.dumps(_action_fields(new.action), sort_keys=True),
+                    issued_by=new.issued_by,
+                    issued_unix_ms=to_ms(now),
+                    expires_unix_ms=None if new.expires_at is None else to_ms(new.expires_at),
+                    status=CommandStatus.PENDING,
+                    detail="",
+                )
+            )
+        return CommandRecord(command=command, status=CommandStatus.PENDING)
+
+    def commands(
+        self, site_id: str, *, limit: int = 100, open_only: bool = False
+    ) -> list[CommandRecord]:
+        """Newest first; `open_only`: pending or sent (not answered, maybe expired)."""
+        query = sa.select(commands).where(commands.c.site_id == site_id)
+        if open_only:
+            query = query.where(commands.c.status.in_(list(OPEN_COMMAND_STATUSES)))
+        query = query.order_by(commands.c.issued_unix_ms.desc(), commands.c.command_id).limit(limit)
+        with self.engine.connect() as conn:
+            return [_command_record(row) for row in conn.execute(query).mappings()]
+
+    def command(self, site_id: str, command_id: str) -> CommandRecord | None:
+        query = sa.select(commands).where(
+            commands.c.site_id == site_id, commands.c.command_id == command_id
+        )
+        with self.engine.connect() as conn:
+            row = conn.execute(query).mappings().first()
+        return None if row is None else _command_record(row)
+
+    def mark_command_sent(self, site_id: str, command_id: str, *, now: datetime) -> None:
+        self._advance(
+            commands,
+            [commands.c.site_id == site_id, commands.c.command_id == command_id],
+            status=CommandStatus.SENT,
+            sent_unix_ms=to_ms(now),
+        )
+
+    def answer_command(
+        self, site_id: str, answer: CommandAnswer, *, now: datetime
+    ) -> CommandStatus | None:
+        """Record the agent's answer; the new status, None if nothing waited for it."""
+        if answer.accepted:
+            status, detail = CommandStatus.ACKNOWLEDGED, answer.detail
+        else:
+            expired = answer.reason == "expired"
+            status = CommandStatus.EXPIRED if expired else CommandStatus.REJECTED
+            detail = f"{answer.reason}: {answer.detail}"
+        changed = self._advance(
+            commands,
+            [commands.c.site_id == site_id, commands.c.command_id == answer.command_id],
+            status=status,
+            answered_unix_ms=to_ms(now),
+            detail=detail,
+        )
+        return status if changed else None
+
+    def expire_command(self, command: Command, *, now: datetime) -> bool:
+        return self._advance(
+            commands,
+            [commands.c.command_id == command.command_id],
+            status=CommandStatus.EXPIRED,
+            answered_unix_ms=to_ms(now),
+            detail="expired before the agent answered",
+        )
 
 
 # -- rows <-> domain -------------------------------------------------------------------------
@@ -574,6 +704,45 @@ def _schedule_record(row: RowMapping) -> ScheduleRecord:
     return ScheduleRecord(
         schedule=schedule,
         status=ScheduleStatus(row["status"]),
+        sent_at=_opt_ms(row["sent_unix_ms"]),
+        answered_at=_opt_ms(row["answered_unix_ms"]),
+        detail=row["detail"],
+    )
+
+
+def _action_fields(action: CommandAction) -> dict[str, Any]:
+    if isinstance(action, SetLimitsAction):
+        return {
+            name: getattr(action, name)
+            for name in ("min_soc_pct", "max_soc_pct", "max_charge_kw", "max_discharge_kw")
+            if getattr(action, name) is not None
+        }
+    if isinstance(action, StopAction):
+        return {"reason": action.reason}
+    return {}
+
+
+def _action(kind: str, fields: dict[str, Any]) -> CommandAction:
+    if kind == CommandKind.SET_LIMITS:
+        return SetLimitsAction(**fields)
+    if kind == CommandKind.STOP:
+        return StopAction(**fields)
+    return ResumeAction()
+
+
+def _command_record(row: RowMapping) -> CommandRecord:
+    expires = row["expires_unix_ms"]
+    command = Command(
+        command_id=row["command_id"],
+        site_id=row["site_id"],
+        action=_action(row["kind"], json.loads(row["payload"])),
+        issued_by=row["issued_by"],
+        issued_at=from_ms(row["issued_unix_ms"]),
+        expires_at=_opt_ms(expires),
+    )
+    return CommandRecord(
+        command=command,
+        status=CommandStatus(row["status"]),
         sent_at=_opt_ms(row["sent_unix_ms"]),
         answered_at=_opt_ms(row["answered_unix_ms"]),
         detail=row["detail"],

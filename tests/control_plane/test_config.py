@@ -40,7 +40,7 @@ def test_database_url_wins_and_is_never_printed(monkeypatch: pytest.MonkeyPatch)
 @pytest.mark.parametrize(
     ("values", "message"),
     [
-        ({"grpc_host": "0.0.0.0"}, "EdgeLink has no authentication yet"),  # noqa: S104
+        ({"grpc_host": "0.0.0.0"}, "EdgeLink runs without TLS"),  # noqa: S104
         (
             {
                 "grpc_host": "10.0.0.1",
@@ -76,7 +76,7 @@ def test_cli_check_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert '"http_port": 9100' in capsys.readouterr().out
     path.write_text("grpc_host: 0.0.0.0\n")
     assert main(["check-config", "--config", str(path)]) == 2
-    assert "EdgeLink has no authentication yet" in capsys.readouterr().err
+    assert "EdgeLink runs without TLS" in capsys.readouterr().err
 
 
 def test_policy_path_from_the_environment_is_validated_by_check_config(

@@ -1,5 +1,6 @@
 """End to end on loopback: hil battery (Modbus TCP) -> edge agent -> control plane (gRPC +
-HTTP served by uvicorn), with the plane restarted mid-stream."""
+HTTP served by uvicorn), with the plane restarted mid-stream; and the same over EdgeLink mTLS
+with commands posted to the HTTP API."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from control_plane.pki import CertificateAuthority, write_secret
 from edge_agent.agent import Agent
 from edge_agent.config import SiteConfig
 from hil.clock import AcceleratedClock
@@ -26,7 +28,9 @@ SITE = "e2e-site"
 QUARTER_S = 900
 
 
-def _agent_config(tmp_path: Path, modbus_port: int, plane: str) -> SiteConfig:
+def _agent_config(
+    tmp_path: Path, modbus_port: int, plane: str, tls: dict[str, object] | None = None
+) -> SiteConfig:
     return SiteConfig.model_validate(
         {
             "site_id": SITE,
@@ -48,6 +52,7 @@ def _agent_config(tmp_path: Path, modbus_port: int, plane: str) -> SiteConfig:
                 "connect_timeout_s": 2,
                 "backoff_initial_s": 0.05,
                 "backoff_max_s": 0.3,
+                **({"tls": tls} if tls else {}),
             },
             "storage": {"data_dir": str(tmp_path / "agent"), "synchronous": "NORMAL"},
             "metrics": {"enabled": False},
@@ -150,3 +155,51 @@ async def _caught_up(agent: Agent, plane: RunningPlane) -> bool:
     stats = (await agent.outbox.stats())["telemetry"]
     stored = await _stored(plane)
     return bool(stored) and stats.acked_seq >= stats.last_seq - 3 and stored[-1] >= stats.acked_seq
+
+
+async def _command_status(plane: RunningPlane, command_id: str) -> str:
+    listed = (await plane.client.get(f"/api/sites/{SITE}/commands")).json()
+    return str(next(c["status"] for c in listed if c["command_id"] == command_id))
+
+
+async def _acknowledged(plane: RunningPlane, body: dict[str, object]) -> None:
+    posted = await plane.client.post(f"/api/sites/{SITE}/commands", json=body)
+    assert posted.status_code == 202, posted.text
+    command_id = posted.json()["command_id"]
+    await until_async(
+        lambda: _is_acknowledged(plane, command_id), what=f"{next(iter(body))} acknowledged"
+    )
+
+
+async def _is_acknowledged(plane: RunningPlane, command_id: str) -> bool:
+    return await _command_status(plane, command_id) == "acknowledged"
+
+
+async def test_stop_and_resume_over_mtls(
+    tmp_path: Path, battery: tuple[Simulator, ModbusBatteryServer]
+) -> None:
+    sim, modbus = battery
+    settings = settings_for(tmp_path, edgelink_tls="mtls")
+    async with running_plane(settings) as plane:
+        issued = CertificateAuthority.open(settings.pki_directory).issue_site(SITE)
+        tls_dir = tmp_path / "tls"
+        tls_dir.mkdir()
+        write_secret(tls_dir / "site.key", issued.key_pem)
+        (tls_dir / "site.crt").write_bytes(issued.cert_pem)
+        (tls_dir / "ca.crt").write_bytes(issued.ca_pem)
+        tls = {
+            "enabled": True,
+            "ca_file": str(tls_dir / "ca.crt"),
+            "cert_file": str(tls_dir / "site.crt"),
+            "key_file": str(tls_dir / "site.key"),
+        }
+        async with Agent(_agent_config(tmp_path, modbus.port, plane.grpc_target, tls)):
+            await until_async(lambda: _site_status(plane), what="telemetry over mTLS")
+            created = await plane.client.post(f"/api/sites/{SITE}/schedules", json=_schedule(40))
+            assert created.status_code == 201, created.text
+            await until(lambda: sim.state.setpoint_kw == pytest.approx(40.0), what="40 kW")
+
+            await _acknowledged(plane, {"stop": {"reason": "grid operator request"}})
+            await until(lambda: sim.state.setpoint_kw == pytest.approx(0.0), what="stopped")
+            await _acknowledged(plane, {"resume": {}})
+            await until(lambda: sim.state.setpoint_kw == pytest.approx(40.0), what="resumed")

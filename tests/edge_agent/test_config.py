@@ -50,6 +50,21 @@ def _uplink_target(cfg: SiteConfig) -> Any:
     return cfg.uplink.target if cfg.uplink is not None else None
 
 
+def _tls(cfg: SiteConfig) -> Any:
+    assert cfg.uplink is not None
+    return cfg.uplink.tls
+
+
+PLANE = {"BESS_UPLINK_TARGET": "plane.example:50051"}
+TLS_ON = {**PLANE, "BESS_UPLINK_TLS_ENABLED": "true"}
+MTLS = {
+    **TLS_ON,
+    "BESS_UPLINK_TLS_CA_FILE": "/tls/ca.crt",
+    "BESS_UPLINK_TLS_CERT_FILE": "/tls/site.crt",
+    "BESS_UPLINK_TLS_KEY_FILE": "/tls/site.key",
+}
+
+
 def _secret(value: Any) -> Any:
     return value.get_secret_value() if value is not None else None
 
@@ -96,6 +111,11 @@ ENV_CASES: list[tuple[str, str, Getter, Any, dict[str, str]]] = [
     ("BESS_UPDATE_INTERVAL", "5", lambda c: c.telemetry.interval_s, 5.0, {}),
     ("BESS_DATA_DIR", "/srv/bess", lambda c: c.storage.data_dir, Path("/srv/bess"), {}),
     ("BESS_UPLINK_TARGET", "plane.example:50051", _uplink_target, "plane.example:50051", {}),
+    ("BESS_UPLINK_TLS_ENABLED", "1", lambda c: _tls(c).enabled, True, PLANE),
+    ("BESS_UPLINK_TLS_CA_FILE", "/e/ca.crt", lambda c: _tls(c).ca_file, Path("/e/ca.crt"), MTLS),
+    ("BESS_UPLINK_TLS_CERT_FILE", "/e/s.crt", lambda c: _tls(c).cert_file, Path("/e/s.crt"), MTLS),
+    ("BESS_UPLINK_TLS_KEY_FILE", "/e/s.key", lambda c: _tls(c).key_file, Path("/e/s.key"), MTLS),
+    ("BESS_UPLINK_TLS_SERVER_NAME", "p.test", lambda c: _tls(c).server_name, "p.test", TLS_ON),
     ("BESS_METRICS_PORT", "9200", lambda c: c.metrics.port, 9200, {}),
     ("BESS_LOG_LEVEL", "debug", lambda c: c.logging.level, "DEBUG", {}),
 ]
@@ -113,7 +133,7 @@ def test_env_var_overrides_its_field(
 ) -> None:
     before = parse_config(BASE, env=extra)
     assert get(before) != expected  # the variable really changes something
-    assert get(parse_config(BASE, env={name: text, **extra})) == expected
+    assert get(parse_config(BASE, env={**extra, name: text})) == expected
 
 
 def test_precedence_default_file_env() -> None:
@@ -131,6 +151,14 @@ def test_env_fills_a_section_the_file_lacks() -> None:
     assert (cfg.sources.modbus.host, cfg.sources.modbus.unit_id) == ("10.1.1.1", 3)
     cfg = parse_config(text, env={"BESS_UPLINK_TARGET": "127.0.0.1:50051"})
     assert cfg.uplink is not None and cfg.uplink.target == "127.0.0.1:50051"
+
+
+def test_a_site_certificate_needs_all_three_tls_files() -> None:
+    env = {**MTLS}
+    del env["BESS_UPLINK_TLS_CA_FILE"]
+    found = one_problem(BASE, env)
+    assert "go together" in found and "missing tls.ca_file" in found
+    assert "bess-plane site-cert" in found
 
 
 def test_modbus_disabled_by_env_ignores_its_other_variables() -> None:

@@ -26,8 +26,11 @@ QUARTER_MS = 900_000
 class Agent:
     """A hand-driven EdgeLink client: send what the test says, read what the plane sends."""
 
-    def __init__(self, target: str) -> None:
-        self.channel = grpc.aio.insecure_channel(target)
+    def __init__(self, target: str, credentials: grpc.ChannelCredentials | None = None) -> None:
+        if credentials is None:
+            self.channel = grpc.aio.insecure_channel(target)
+        else:
+            self.channel = grpc.aio.secure_channel(target, credentials)
         self.outq: asyncio.Queue[pb.AgentMessage | None] = asyncio.Queue()
         self.call = pb_grpc.EdgeLinkStub(self.channel).Connect(self._requests())
 
@@ -235,6 +238,105 @@ async def test_schedule_is_pushed_resent_after_reconnect_until_acked(
     assert (await agent.read("welcome")).welcome.expected_schedule_version == 3
     await until_async(lambda: _is(plane, 3, "acknowledged"), what="ack via Hello")
     await agent.close()
+
+
+async def _command(plane: RunningPlane, command_id: str) -> dict[str, object]:
+    listed = (await plane.client.get(f"/api/sites/{SITE}/commands")).json()
+    return next(c for c in listed if c["command_id"] == command_id)
+
+
+async def _command_is(plane: RunningPlane, command_id: str, status: str) -> bool:
+    return (await _command(plane, command_id))["status"] == status
+
+
+async def test_commands_are_pushed_resent_after_reconnect_until_answered(
+    plane: RunningPlane,
+) -> None:
+    agent = Agent(plane.grpc_target)
+    agent.send(hello=hello())
+    await agent.read("welcome")
+
+    body = {"set_limits": {"max_soc_pct": 80, "max_charge_kw": 50}, "expires_in_s": 3600}
+    created = await plane.client.post(f"/api/sites/{SITE}/commands", json=body)
+    assert created.status_code == 202, created.text
+    record = created.json()
+    assert record["kind"] == "set_limits" and record["status"] == "pending"
+    assert record["payload"] == {"max_soc_pct": 80.0, "max_charge_kw": 50.0}
+    assert record["issued_by"] == "test-admin (api_key)" and record["expires_at"] is not None
+    pushed = (await agent.read("command")).command
+    assert pushed.command_id == record["command_id"]
+    assert pushed.WhichOneof("action") == "set_limits"
+    assert pushed.set_limits.max_soc_pct == 80.0 and not pushed.set_limits.HasField("min_soc_pct")
+    assert pushed.expires_unix_ms > pushed.issued_unix_ms > 0
+    await until_async(lambda: _command_is(plane, pushed.command_id, "sent"), what="sent")
+    await agent.close()  # the stream breaks before the agent answers
+
+    # A stop while the site is offline waits; both go out after the next Welcome, oldest first.
+    await until_async(lambda: _offline(plane), what="site offline")
+    stop = await plane.client.post(f"/api/sites/{SITE}/commands", json={"stop": {"reason": "t"}})
+    stop_id = stop.json()["command_id"]
+    assert (await _command(plane, stop_id))["status"] == "pending"
+    agent = Agent(plane.grpc_target)
+    agent.send(hello=hello())
+    await agent.read("welcome")
+    first, second = (await agent.read("command")).command, (await agent.read("command")).command
+    assert (first.command_id, second.command_id) == (pushed.command_id, stop_id)
+    assert second.stop.reason == "t"
+    agent.send(command_ack=pb.CommandAck(command_id=stop_id, status=pb.ACK_STATUS_ACCEPTED))
+    agent.send(
+        command_ack=pb.CommandAck(
+            command_id=pushed.command_id,
+            status=pb.ACK_STATUS_REJECTED,
+            reject_reason=pb.REJECT_REASON_OUT_OF_RANGE,
+            detail="above the site's ceiling",
+        )
+    )
+    await until_async(lambda: _command_is(plane, stop_id, "acknowledged"), what="acknowledged")
+    await until_async(lambda: _command_is(plane, pushed.command_id, "rejected"), what="rejected")
+    assert (await _command(plane, pushed.command_id))["detail"] == (
+        "out_of_range: above the site's ceiling"
+    )
+    # A repeated or foreign ack changes nothing; answered commands are not sent again.
+    agent.send(command_ack=pb.CommandAck(command_id=stop_id, status=pb.ACK_STATUS_REJECTED))
+    agent.send(command_ack=pb.CommandAck(command_id="nope", status=pb.ACK_STATUS_ACCEPTED))
+    agent.send(telemetry_batch=batch([1]))
+    await agent.read("telemetry_ack")
+    assert (await _command(plane, stop_id))["status"] == "acknowledged"
+    await agent.close()
+    again = Agent(plane.grpc_target)
+    again.send(hello=hello())
+    await again.read("welcome")
+    again.send(telemetry_batch=batch([2]))
+    assert (await again.read()).WhichOneof("payload") == "telemetry_ack"  # no command first
+    await again.close()
+
+    metrics = (await plane.client.get("/metrics")).text
+    assert 'bess_plane_commands_total{kind="stop",status="acknowledged"} 1.0' in metrics
+    assert 'bess_plane_commands_total{kind="set_limits",status="sent"} 2.0' in metrics
+    assert 'bess_plane_commands_total{kind="set_limits",status="rejected"} 1.0' in metrics
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        ({}, "exactly one of set_limits, stop, resume"),
+        ({"stop": {}, "resume": {}}, "got stop, resume"),
+        ({"set_limits": {}}, "at least one of"),
+        ({"set_limits": {"min_soc_pct": 90, "max_soc_pct": 10}}, "must be below"),
+        ({"set_limits": {"max_charge_kw": -1}}, "greater than or equal to 0"),
+        ({"resume": {}, "expires_in_s": 0}, "greater than 0"),
+        ({"stop": {"reason": "x", "force": True}}, "Extra inputs"),
+    ],
+)
+async def test_bad_commands_are_refused(
+    plane: RunningPlane, body: dict[str, object], problem: str
+) -> None:
+    answer = await plane.client.post(f"/api/sites/{SITE}/commands", json=body)
+    assert answer.status_code == 422
+    assert problem in answer.text
+    unknown = await plane.client.post("/api/sites/nobody/commands", json={"resume": {}})
+    assert unknown.status_code == 404
+    assert (await plane.client.get("/api/sites/nobody/commands")).status_code == 404
 
 
 async def _is(plane: RunningPlane, version: int, status: str) -> bool:
