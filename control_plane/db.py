@@ -103,6 +103,19 @@ def _sqlite_begin(conn: Connection) -> None:
     conn.exec_driver_sql(f"BEGIN {mode}" if mode else "BEGIN")
 
 
+def for_writes(engine: Engine) -> Engine:
+    """`engine` whose transactions take SQLite's write lock at BEGIN (`BEGIN IMMEDIATE`).
+
+    Use it for every transaction that writes. A deferred transaction that reads first and then
+    writes must upgrade its read snapshot to the write lock; if another connection committed
+    in between, SQLite answers SQLITE_BUSY at once, without waiting out the busy timeout
+    ("database is locked" under load). Taking the lock at BEGIN makes writers queue on the
+    busy timeout instead. Reads stay deferred (WAL readers never block). On PostgreSQL the
+    option is ignored.
+    """
+    return engine.execution_options(**{_BEGIN_MODE: "IMMEDIATE"})
+
+
 def ping(engine: Engine) -> None:
     """Raise StoreError unless the store answers a trivial query."""
     try:
@@ -141,7 +154,7 @@ def migrate(engine: Engine, service: str, migrations: Sequence[Migration]) -> li
     if versions != list(range(1, len(migrations) + 1)):
         raise StoreError(f"{service}: migration versions must be 1..n in order, got {versions}")
     # Every transaction below holds the migration lock (see the module docstring).
-    locked = engine.execution_options(**{_BEGIN_MODE: "IMMEDIATE"})
+    locked = for_writes(engine)
     try:
         with locked.begin() as conn:
             _lock_migrations(conn)

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, RowMapping
 
+from control_plane import db
 from control_plane.db import Migration, migrate
 
 from .models import ApiKey, Role
@@ -60,12 +61,13 @@ class KeyStore:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._writer = db.for_writes(engine)  # BEGIN IMMEDIATE on SQLite: see db.for_writes
 
     def migrate(self) -> list[int]:
         return migrate(self.engine, SERVICE, MIGRATIONS)
 
     def add(self, key: ApiKey, *, secret_sha256: str) -> None:
-        with self.engine.begin() as conn:
+        with self._writer.begin() as conn:
             conn.execute(api_keys.insert().values(**_row(key), secret_sha256=secret_sha256))
 
     def get(self, key_id: str) -> tuple[ApiKey, str] | None:
@@ -84,7 +86,7 @@ class KeyStore:
         self, old_id: str, new: ApiKey, *, secret_sha256: str, old_expires_at: datetime
     ) -> None:
         """Insert the successor and set the old key's end, in one transaction."""
-        with self.engine.begin() as conn:
+        with self._writer.begin() as conn:
             conn.execute(api_keys.insert().values(**_row(new), secret_sha256=secret_sha256))
             conn.execute(
                 api_keys.update()
@@ -94,7 +96,7 @@ class KeyStore:
 
     def revoke(self, key_id: str, *, now: datetime) -> bool:
         """Mark the key revoked; False if it does not exist or was revoked already."""
-        with self.engine.begin() as conn:
+        with self._writer.begin() as conn:
             result = conn.execute(
                 api_keys.update()
                 .where(api_keys.c.key_id == key_id, api_keys.c.revoked_unix_ms.is_(None))
@@ -103,7 +105,7 @@ class KeyStore:
             return bool(result.rowcount)
 
     def touch(self, key_id: str, *, now: datetime) -> None:
-        with self.engine.begin() as conn:
+        with self._writer.begin() as conn:
             conn.execute(
                 api_keys.update()
                 .where(api_keys.c.key_id == key_id)

@@ -748,7 +748,7 @@ class SqlOrderStore:
         return _transaction(self._engine)
 
     def _write(self) -> AbstractContextManager[Connection]:
-        return _transaction(self._engine)
+        return _transaction(db.for_writes(self._engine))
 
 
 @contextmanager

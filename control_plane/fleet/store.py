@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine, RowMapping
 
+from control_plane import db
 from control_plane.db import Migration, migrate
 
 from .models import (
@@ -195,6 +196,7 @@ class FleetStore:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._writer = db.for_writes(engine)  # BEGIN IMMEDIATE on SQLite: see db.for_writes
         self._dialect = engine.dialect.name
 
     def migrate(self) -> list[int]:
@@ -224,12 +226,12 @@ class FleetStore:
         stmt = self._insert(sites).values(
             site_id=hello.site_id, registered_unix_ms=to_ms(now), **values
         )
-        with self.engine.begin() as conn:
+        with self._writer.begin() as conn:
             conn.execute(stmt.on_conflict_do_update(index_elements=["site_id"], set_=values))
 
     def ensure_site(self, site_id: str, *, now: datetime) -> None:
         """Register a site known only from the HTTP API (no agent has said hello yet)."""
-        with self.engine.begin() as conn:
+        with self._writer.begin() as conn:
             conn.execute(
                 self._insert(sites)
                 .values(site_id=site_id, registered_unix_ms=to_ms(now))
@@ -249,7 +251,7 @@ class FleetStore:
                     "scheduled_kw": heartbeat.scheduled_kw,
                 }
             )
-        with self.engine.begin() as conn:
+        with self._writer.begin() as conn:
             conn.execute(sites.update().where(sites.c.site_id == site_id).values(**values))
 
     def site_rows(self, site_id: str | None = None) -> list[RowMapping]:
@@ -287,7 +289,7 @@ class FleetStore:
         stream: str = EDGE,
     ) -> IngestResult:
         """Store the samples not stored yet, in one transaction; the result after commit."""
-        with self.engine.begin() as conn:
+        with self._writer.begin() as conn:
             new = self._new_only(conn, telemetry, site_id, samples, stream=stream)
             if new:
                 rows = [_sample_row(site_id, stream, s, now) for s in new]
@@ -301,7 +303,7 @@ class FleetStore:
         return IngestResult(len(new), len(samples) - len(new), through)
 
     def ingest_events(self, site_id: str, items: Sequence[Event], *, now: datetime) -> IngestResult:
-        with self.engine.begin() as conn:
+        with self._writer.begin() as conn:
             new = self._new_only(conn, events, site_id, items)
             if new:
                 conn.execute(
@@ -424,7 +426,7 @@ class FleetStore:
 
     def add_schedule(self, site_id: str, new: NewSchedule, *, now: datetime) -> ScheduleRecord:
         """Store the next version; every older one still in force becomes superseded."""
-        with self.engine.begin() as conn:
+        with self._writer.begin() as conn:
             latest = conn.scalar(
                 sa.select(sa.func.max(schedules.c.version)).where(schedules.c.site_id == site_id)
             )
@@ -505,7 +507,7 @@ class FleetStore:
         """Move a pending or sent schedule/command on; False if it was in neither state."""
         # Both status enums spell pending and sent the same.
         open_states = [str(s) for s in OPEN_COMMAND_STATUSES]
-        with self.engine.begin() as conn:
+        with self._writer.begin() as conn:
             result = conn.execute(
                 table.update().where(*where, table.c.status.in_(open_states)).values(**values)
             )
@@ -524,7 +526,7 @@ class FleetStore:
             issued_at=now,
             expires_at=new.expires_at,
         )
-        with self.engine.begin() as conn:
+        with self._writer.begin() as conn:
             conn.execute(
                 commands.insert().values(
                     command_id=command_id,

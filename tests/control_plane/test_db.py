@@ -120,3 +120,39 @@ def test_replicas_migrating_at_once_run_every_migration_once(
         assert db.migrate(engine, SERVICE, migrations) == []  # a third replica: nothing to do
     finally:
         engine.dispose()
+
+
+def test_writers_queue_instead_of_failing_on_a_stale_read_snapshot(tmp_path: Path) -> None:
+    """Read-then-write transactions through `for_writes` wait for each other (BEGIN IMMEDIATE).
+
+    A deferred transaction that read before another connection committed cannot upgrade to a
+    writer: SQLite refuses at once with "database is locked", whatever the busy timeout (the
+    e2e test met it under load). The first half shows that failure, the second that
+    `for_writes` turns it into a wait.
+    """
+    engine = db.create_engine(database_url=None, sqlite_path=tmp_path / "w.sqlite3")
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("CREATE TABLE t (n INTEGER)")
+
+        def insert_one() -> None:
+            with db.for_writes(engine).begin() as conn:
+                conn.exec_driver_sql("INSERT INTO t VALUES (1)")
+
+        with engine.connect() as stale, pytest.raises(sa.exc.OperationalError, match="locked"):
+            with stale.begin():
+                stale.exec_driver_sql("SELECT count(*) FROM t").scalar()  # snapshot taken
+                insert_one()  # another connection commits
+                stale.exec_driver_sql("INSERT INTO t VALUES (2)")  # cannot upgrade
+
+        other = threading.Thread(target=insert_one)
+        with db.for_writes(engine).connect() as first, first.begin():
+            count = first.exec_driver_sql("SELECT count(*) FROM t").scalar()
+            other.start()  # blocks in BEGIN IMMEDIATE until `first` commits
+            first.exec_driver_sql("INSERT INTO t VALUES (3)")
+        other.join(timeout=30)
+        assert not other.is_alive()
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("SELECT count(*) FROM t").scalar() == count + 2
+    finally:
+        engine.dispose()
