@@ -54,6 +54,8 @@ from .fleet import api as fleet_api
 from .fleet.edgelink import mtls_credentials, start_server
 from .fleet.service import FleetMetrics, FleetService
 from .fleet.store import FleetStore
+from .forecast import api as forecast_api
+from .forecast.service import PriceHistory, create_forecast_service
 from .pki import CertificateAuthority
 from .site_states import FleetSiteStates
 
@@ -70,8 +72,10 @@ def create_app(
     *,
     clock: Callable[[], datetime] = utc_now,
     ws_keepalive_s: float = events_api.KEEPALIVE_S,
+    price_history: PriceHistory | None = None,
 ) -> FastAPI:
-    """The app; `clock` is the exchange's (tests inject one), `ws_keepalive_s` the /ws ping."""
+    """The app; `clock` is the exchange's (tests inject one), `ws_keepalive_s` the /ws ping,
+    `price_history` the forecasts' prices (None: no feed, price forecasts fail saying so)."""
     registry = CollectorRegistry()
     request_seconds = Histogram(
         "bess_plane_http_request_duration_seconds",
@@ -84,6 +88,7 @@ def create_app(
     policy = load_policy(settings.policy_path) if settings.policy_path else Policy()
     auth_metrics = AuthMetrics(registry)
     hub = EventHub(metrics=EventMetrics(registry))
+    forecast = create_forecast_service(history=price_history, registry=registry)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -109,6 +114,7 @@ def create_app(
             app.state.auth = auth
             hub.bind(asyncio.get_running_loop())
             stack.callback(hub.unbind)
+            stack.push_async_callback(forecast.close)
             telemetry = TelemetryCoalescer(hub)
 
             def on_fleet_event(event_type: str, data: Mapping[str, Any]) -> None:
@@ -179,6 +185,7 @@ def create_app(
     app.state.events = hub
     app.state.ws_metrics = events_api.WsMetrics(registry)
     app.state.ws_keepalive_s = ws_keepalive_s
+    app.state.forecast = forecast
 
     @app.exception_handler(RequestValidationError)
     async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -234,6 +241,7 @@ def create_app(
     app.include_router(auth_api.router)
     app.include_router(exchange_api.router)
     app.include_router(events_api.router)
+    app.include_router(forecast_api.router)
     return app
 
 

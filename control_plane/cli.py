@@ -6,6 +6,7 @@
     bess-plane keys list | revoke ID | rotate ID [--grace-hours H]
     bess-plane site-cert SITE_ID [--out DIR] [--days N] [--force] [--config FILE]
     bess-plane ca show [--config FILE]   the EdgeLink CA's fingerprint and expiry
+    bess-plane forecast backtest --prices FILE [--zone BE]   price models' MAE/RMSE table
 
 `keys` works on the store the settings name (same as `serve`, running or not). `create` and
 `rotate` print the new key alone on stdout, once (`KEY=$(bess-plane keys create ...)`); what
@@ -225,6 +226,37 @@ def ca_show(settings: PlaneSettings) -> int:
     return 0
 
 
+def forecast_backtest(prices: Path, zone_code: str, warmup_days: int) -> int:
+    """Print the back-test table of the price models over a price file."""
+    from .forecast.backtest import format_table, timed_backtest
+    from .forecast.models import hourly_from_points
+    from .market.csv_import import read_price_csv
+    from .market.models import MarketDataError, zone
+
+    try:
+        found = zone(zone_code)
+        points = read_price_csv(prices, zone_code=found.code).points
+        series = hourly_from_points(points, timezone=found.timezone)
+        rows, seconds = timed_backtest(series, warmup_days=warmup_days)
+    except (MarketDataError, ValueError) as exc:
+        print(f"bess-plane forecast backtest: {exc}", file=sys.stderr)
+        return 1
+    if not rows:
+        print(
+            f"bess-plane forecast backtest: {len(series)} hours in {prices} are too few for "
+            f"a {warmup_days}-day warm-up and one forecast",
+            file=sys.stderr,
+        )
+        return 1
+    print(
+        f"{found.code}: {len(series)} hours from {series.start:%Y-%m-%d %H:%M}Z, origins daily "
+        f"12:00 {found.timezone} after {warmup_days} days; MAE/RMSE of P50 in EUR/MWh"
+    )
+    print(format_table(rows))
+    print(f"({seconds:.1f} s)")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from .auth.models import Role
 
@@ -263,7 +295,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     for sub in (create, revoke, rotate, keys_commands.choices["list"]):
         sub.add_argument("--config", type=Path, help="settings file (YAML); env vars override it")
+    forecast = commands.add_parser("forecast", help="price forecast models")
+    backtest = forecast.add_subparsers(dest="forecast_command", required=True).add_parser(
+        "backtest", help="rolling-origin back-test over a price CSV: MAE, RMSE, P10-P90 coverage"
+    )
+    backtest.add_argument("--prices", type=Path, required=True, help="price CSV (read_price_csv)")
+    backtest.add_argument("--zone", default="BE", help="bidding zone of the file (default BE)")
+    backtest.add_argument("--warmup-days", type=int, default=28, help="history before 1st origin")
     args = parser.parse_args(argv)
+    if args.command == "forecast":
+        return forecast_backtest(args.prices, args.zone, args.warmup_days)
     try:
         settings = load_settings(args.config)
     except SettingsError as exc:
