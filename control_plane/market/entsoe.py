@@ -169,7 +169,9 @@ def parse_a44(
     t_position = f"{ns}position"
     t_price = f"{ns}price.amount"
 
-    seen: dict[tuple[str, str, Resolution, datetime], float] = {}
+    # per (zone, auction, resolution): start -> price. Datetime keys are not tracked by the
+    # garbage collector, tuple keys would be (35k of them per year of quarter-hours).
+    seen: dict[tuple[str, str, Resolution], dict[datetime, float]] = {}
     points: list[PricePoint] = []
     for s_index, series in enumerate(root.iterfind(f"{ns}TimeSeries"), start=1):
         where_s = f"TimeSeries {s_index}"
@@ -233,9 +235,19 @@ def parse_a44(
                 )
             count = length // delta
             values: list[float | None] = [None] * count
-            for t_index, point in enumerate(period.iterfind(t_point), start=1):
-                pos_text = point.findtext(t_position)
-                price_text = point.findtext(t_price)
+            t_index = 0
+            # Direct child iteration: ElementTree's find* fall back to the pure-Python path
+            # engine for namespaced tags, which would be most of the parse time.
+            for point in period:
+                if point.tag != t_point:
+                    continue
+                t_index += 1
+                pos_text = price_text = None
+                for child in point:
+                    if child.tag == t_position:
+                        pos_text = child.text
+                    elif child.tag == t_price:
+                        price_text = child.text
                 try:
                     position = int(pos_text)  # type: ignore[arg-type]
                     price = float(price_text)  # type: ignore[arg-type]
@@ -289,11 +301,11 @@ def parse_a44(
                     f"{len(missing_positions)} of {count} missing ({shown}{more})",
                 )
 
+            seen_here = seen.setdefault((zone_code, sequence, resolution), {})
             for i, value in enumerate(values):
                 price = value  # type: ignore[assignment]
                 at = start + i * delta
-                key = (zone_code, sequence, resolution, at)
-                earlier = seen.get(key)
+                earlier = seen_here.get(at)
                 if earlier is not None:
                     if earlier != price:
                         raise DocumentError(
@@ -303,7 +315,7 @@ def parse_a44(
                             f"{price:g} EUR/MWh",
                         )
                     continue
-                seen[key] = price
+                seen_here[at] = price
                 points.append(
                     PricePoint(
                         zone=zone_code,
