@@ -447,6 +447,12 @@ class EntsoeClient:
                 no_data.append(str(exc))
                 continue
             for p in points:
+                if p.zone != zone.code:
+                    raise DocumentError(
+                        f"ENTSO-E A44 {zone.code}",
+                        f"the answer holds prices of zone {p.zone}, not of the requested "
+                        f"{zone.code} ({zone.eic})",
+                    )
                 if start <= p.start < end:
                     merged[(p.sequence, p.resolution, p.start)] = p
         if not merged:

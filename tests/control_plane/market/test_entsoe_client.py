@@ -18,9 +18,9 @@ import pytest
 
 from control_plane.market.entsoe import EntsoeClient
 from control_plane.market.fetching import RetrySettings, redact
-from control_plane.market.models import NoDataError, Resolution, SourceError, zone
+from control_plane.market.models import DocumentError, NoDataError, Resolution, SourceError, zone
 
-from .a44 import acknowledgement, document, series
+from .a44 import AT, acknowledgement, document, series
 
 TOKEN = "0123abcd-secret-token-4567"  # noqa: S105 (a test value)
 DATA = Path(__file__).parent / "data"
@@ -103,6 +103,16 @@ async def test_points_outside_the_range_are_dropped() -> None:
     assert len(points) == 25
     assert points[0].start == DAY + timedelta(hours=5)
     assert points[-1].start == DAY + timedelta(hours=29)
+
+
+async def test_an_answer_for_another_zone_is_refused() -> None:
+    fake = FakeTime()
+    other = document(
+        series([1.0] * 24, start=DAY, end=DAY + timedelta(days=1), resolution="PT60M", eic=AT)
+    )
+    async with _client(lambda r: httpx.Response(200, content=other), fake) as client:
+        with pytest.raises(DocumentError, match="prices of zone AT, not of the requested DE_LU"):
+            await client.fetch(DE_LU, DAY, DAY + timedelta(days=1))
 
 
 async def test_requests_are_at_most_one_per_second() -> None:
