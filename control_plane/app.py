@@ -54,6 +54,8 @@ from .fleet import api as fleet_api
 from .fleet.edgelink import mtls_credentials, start_server
 from .fleet.service import FleetMetrics, FleetService
 from .fleet.store import FleetStore
+from .market import api as market_api
+from .market.feed import FeedMetrics, open_market
 from .pki import CertificateAuthority
 from .site_states import FleetSiteStates
 
@@ -84,6 +86,7 @@ def create_app(
     policy = load_policy(settings.policy_path) if settings.policy_path else Policy()
     auth_metrics = AuthMetrics(registry)
     hub = EventHub(metrics=EventMetrics(registry))
+    market_metrics = FeedMetrics(registry)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -146,6 +149,13 @@ def create_app(
                 sites=FleetSiteStates(fleet_store),
                 metrics=exchange_metrics,
             )
+            # Market data: the price store and the scheduled feed (control_plane/market).
+            prices, feed = await asyncio.to_thread(
+                open_market, engine, settings, clock=clock, metrics=market_metrics
+            )
+            await stack.enter_async_context(feed.running())
+            app.state.prices = prices
+            app.state.market_feed = feed
             app.state.engine = engine
             app.state.fleet = fleet
             app.state.exchange = exchange
@@ -234,6 +244,7 @@ def create_app(
     app.include_router(auth_api.router)
     app.include_router(exchange_api.router)
     app.include_router(events_api.router)
+    app.include_router(market_api.router)
     return app
 
 
