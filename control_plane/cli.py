@@ -6,6 +6,8 @@
     bess-plane keys list | revoke ID | rotate ID [--grace-hours H]
     bess-plane site-cert SITE_ID [--out DIR] [--days N] [--force] [--config FILE]
     bess-plane ca show [--config FILE]   the EdgeLink CA's fingerprint and expiry
+    bess-plane prices import FILE --zone BE | fetch --zone AT --start D --end D
+                      | show --zone AT --day D | demo --zone AT --shape FILE   (market/cli.py)
 
 `keys` works on the store the settings name (same as `serve`, running or not). `create` and
 `rotate` print the new key alone on stdout, once (`KEY=$(bess-plane keys create ...)`); what
@@ -29,6 +31,7 @@ from pathlib import Path
 from . import __version__
 from .config import PlaneSettings, SettingsError, load_settings
 from .exchange.policy import Policy, PolicyError, load_policy
+from .market import cli as market_cli
 from .pki import CertificateAuthority, InvalidSiteIdError, PkiError, write_secret
 
 log = logging.getLogger("control_plane")
@@ -263,6 +266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     for sub in (create, revoke, rotate, keys_commands.choices["list"]):
         sub.add_argument("--config", type=Path, help="settings file (YAML); env vars override it")
+    market_cli.add_parser(commands)
     args = parser.parse_args(argv)
     try:
         settings = load_settings(args.config)
@@ -284,6 +288,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "keys":
         return keys_command(settings, args)
+    if args.command == "prices":
+        return market_cli.prices_command(settings, args)
     if args.command == "site-cert":
         if args.days is not None and not 1 <= args.days <= 3650:
             print("bess-plane site-cert: --days must be 1 to 3650", file=sys.stderr)

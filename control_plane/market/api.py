@@ -85,7 +85,7 @@ SourceQ = Annotated[
 
 def _invalid(loc: tuple[str, ...], message: str, kind: str = "value_error") -> NoReturn:
     raise HTTPException(
-        status.HTTP_422_UNPROCESSABLE_ENTITY,
+        status.HTTP_422_UNPROCESSABLE_CONTENT,
         detail=[{"type": kind, "loc": list(loc), "msg": message}],
     )
 
