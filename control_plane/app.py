@@ -56,6 +56,8 @@ from .fleet.service import FleetMetrics, FleetService
 from .fleet.store import FleetStore
 from .forecast import api as forecast_api
 from .forecast.service import PriceHistory, create_forecast_service
+from .market import api as market_api
+from .market.feed import FeedMetrics, open_market
 from .pki import CertificateAuthority
 from .site_states import FleetSiteStates
 
@@ -89,6 +91,7 @@ def create_app(
     auth_metrics = AuthMetrics(registry)
     hub = EventHub(metrics=EventMetrics(registry))
     forecast = create_forecast_service(history=price_history, registry=registry)
+    market_metrics = FeedMetrics(registry)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -152,6 +155,16 @@ def create_app(
                 sites=FleetSiteStates(fleet_store),
                 metrics=exchange_metrics,
             )
+            # Market data: the price store and the scheduled feed (control_plane/market).
+            prices, feed = await asyncio.to_thread(
+                open_market, engine, settings, clock=clock, metrics=market_metrics
+            )
+            await stack.enter_async_context(feed.running())
+            app.state.prices = prices
+            app.state.market_feed = feed
+            if price_history is None:  # forecasts and the optimiser read the feed's store
+                forecast.history = prices
+            app.state.price_history = price_history or prices
             app.state.engine = engine
             app.state.fleet = fleet
             app.state.exchange = exchange
@@ -242,6 +255,7 @@ def create_app(
     app.include_router(exchange_api.router)
     app.include_router(events_api.router)
     app.include_router(forecast_api.router)
+    app.include_router(market_api.router)
     return app
 
 

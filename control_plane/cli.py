@@ -7,6 +7,8 @@
     bess-plane site-cert SITE_ID [--out DIR] [--days N] [--force] [--config FILE]
     bess-plane ca show [--config FILE]   the EdgeLink CA's fingerprint and expiry
     bess-plane forecast backtest --prices FILE [--zone BE]   price models' MAE/RMSE table
+    bess-plane prices import FILE --zone BE | fetch --zone AT --start D --end D
+                      | show --zone AT --day D | demo --zone AT --shape FILE   (market/cli.py)
 
 `keys` works on the store the settings name (same as `serve`, running or not). `create` and
 `rotate` print the new key alone on stdout, once (`KEY=$(bess-plane keys create ...)`); what
@@ -30,6 +32,7 @@ from pathlib import Path
 from . import __version__
 from .config import PlaneSettings, SettingsError, load_settings
 from .exchange.policy import Policy, PolicyError, load_policy
+from .market import cli as market_cli
 from .pki import CertificateAuthority, InvalidSiteIdError, PkiError, write_secret
 
 log = logging.getLogger("control_plane")
@@ -302,6 +305,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     backtest.add_argument("--prices", type=Path, required=True, help="price CSV (read_price_csv)")
     backtest.add_argument("--zone", default="BE", help="bidding zone of the file (default BE)")
     backtest.add_argument("--warmup-days", type=int, default=28, help="history before 1st origin")
+    market_cli.add_parser(commands)
     args = parser.parse_args(argv)
     if args.command == "forecast":
         return forecast_backtest(args.prices, args.zone, args.warmup_days)
@@ -325,6 +329,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "keys":
         return keys_command(settings, args)
+    if args.command == "prices":
+        return market_cli.prices_command(settings, args)
     if args.command == "site-cert":
         if args.days is not None and not 1 <= args.days <= 3650:
             print("bess-plane site-cert: --days must be 1 to 3650", file=sys.stderr)

@@ -21,9 +21,10 @@ values outside the development profile.
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 import yaml
 from pydantic import (
@@ -37,11 +38,13 @@ from pydantic import (
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
 
 from .auth.models import Role
+from .market.models import UnknownZoneError, zone
 
 ENV_PREFIX = "BESS_PLANE_"
 MIN_SECRET_CHARS = 32
@@ -126,6 +129,31 @@ class PlaneSettings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     heartbeat_interval_s: int = Field(default=10, ge=1, le=3600)
     shutdown_grace_s: float = Field(default=5.0, ge=0, le=300)
+    market_zones: Annotated[list[str], NoDecode] = Field(
+        default=["AT"],
+        description="bidding zones the market feed fetches (codes such as AT, DE_LU, or EICs)",
+    )
+    market_sources: Annotated[list[str] | None, NoDecode] = Field(
+        default=None,
+        description="price sources the feed polls (entsoe, awattar); unset = entsoe when "
+        "ENTSOE_TOKEN is set, else none (prices then come only from `bess-plane prices import`)",
+    )
+    market_source_priority: Annotated[list[str], NoDecode] = Field(
+        default=["entsoe", "awattar", "file"],
+        description="which source's price wins when several have the same interval",
+    )
+    entsoe_token: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("ENTSOE_TOKEN", "entsoe_token"),
+        description="ENTSO-E Transparency Platform security token (never in a file in git)",
+    )
+    update_interval_s: int = Field(
+        default=300,
+        ge=10,
+        le=86400,
+        validation_alias=AliasChoices("UPDATE_INTERVAL", "update_interval_s"),
+        description="seconds between two market-feed runs per source and zone",
+    )
     agent_keepalive_time_s: float = Field(
         default=10.0,
         ge=1.0,
@@ -151,6 +179,37 @@ class PlaneSettings(BaseSettings):
         # The environment may give a JSON list or, simpler, "plane.example.com,10.0.0.5".
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("market_zones", "market_sources", "market_source_priority", mode="before")
+    @classmethod
+    def _list_from_text(cls, value: Any) -> Any:
+        # From the environment: a JSON list or simpler "AT,DE_LU".
+        if isinstance(value, str):
+            if value.lstrip().startswith("["):
+                return json.loads(value)
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("market_zones")
+    @classmethod
+    def _known_zones(cls, value: list[str]) -> list[str]:
+        codes = []
+        for code in value:
+            try:
+                codes.append(zone(code).code)
+            except UnknownZoneError as exc:
+                raise ValueError(str(exc)) from None
+        return list(dict.fromkeys(codes))
+
+    @field_validator("market_sources", "market_source_priority")
+    @classmethod
+    def _source_names(cls, value: list[str] | None) -> list[str] | None:
+        for name in value or ():
+            if not _SOURCE_NAME.fullmatch(name):
+                raise ValueError(
+                    f"{name!r} is not a source name (lower-case letters, digits, _; e.g. entsoe)"
+                )
         return value
 
     @field_validator("sqlite_synchronous", mode="before")
@@ -258,6 +317,8 @@ def _by_field(values: dict[str, Any]) -> dict[str, Any]:
         "POLICY_PATH": "policy_path",
         "HMAC_SECRET": "hmac_secret",
         "API_KEY": "api_key",
+        "ENTSOE_TOKEN": "entsoe_token",
+        "UPDATE_INTERVAL": "update_interval_s",
     }
     return {aliases.get(key, aliases.get(key.upper(), key)): v for key, v in values.items()}
 
@@ -293,6 +354,7 @@ def _check_secret(name: str, secret: str, profile: str) -> None:
         )
 
 
+_SOURCE_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
 _DNS_NAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})(\.[A-Za-z0-9_-]{1,63})*\.?")
 
 

@@ -31,10 +31,11 @@ from typing import Annotated, Any, ParamSpec, TypeVar
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Query, status
 from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict
+from sqlalchemy.exc import SQLAlchemyError
 
 from control_plane.auth.deps import require
 from control_plane.auth.models import Role
-from control_plane.deps import EventHubDep, ExchangeDep
+from control_plane.deps import EventHubDep, ExchangeDep, PriceStoreDep
 from control_plane.events import EventHub
 
 from .book import BookEntry
@@ -49,7 +50,13 @@ from .errors import (
     StoreError,
     UnknownMarketError,
 )
-from .marketdata import NOTE, SOURCE, market_quotes, trading_day_start
+from .marketdata import (
+    NOTE,
+    SOURCE,
+    external_market_figures,
+    market_quotes,
+    trading_day_start,
+)
 from .models import DeliveryPeriod, OrderState, PlacedOrder, Side, hourly_as_quarters
 from .schemas import (
     BookLevelPublic,
@@ -57,6 +64,7 @@ from .schemas import (
     DeliveryIn,
     DeliveryPublic,
     ExposurePublic,
+    ExternalPricePublic,
     MarketDataPublic,
     MarketQuotePublic,
     Name,
@@ -515,15 +523,28 @@ async def exposure(
     response_model=MarketDataPublic,
     dependencies=_VIEWER,
 )
-async def market_data(exchange: ExchangeDep, market: MarketQ = None) -> MarketDataPublic:
-    """Best bid/ask, last price, VWAP and volume today per market and open period. Viewer.
+async def market_data(
+    exchange: ExchangeDep, prices: PriceStoreDep, market: MarketQ = None
+) -> MarketDataPublic:
+    """Best bid/ask, last price, VWAP and volume today per market and open period, and the
+    day-ahead mark, EMA and VWAP of each market's bidding zone. Viewer.
 
-    `source` says where the figures come from: this plane's own exchange until external
-    prices are connected; a period nobody quoted has no price (none is made up).
+    `source` says where the quotes come from (this plane's own exchange); each `external`
+    entry names its price source. A period nobody quoted, or a zone with no stored prices,
+    has no price (none is made up).
     """
     _check_market(exchange, market)
     now = exchange.now()
     quotes = await _call(market_quotes, exchange, now=now, market=market)
+    try:
+        external = await _call(external_market_figures, exchange, prices, now=now, market=market)
+    except SQLAlchemyError as exc:
+        log.warning("price store unavailable: %s", exc)
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            "the price store is unavailable; try again shortly",
+            headers={"Retry-After": RETRY_AFTER_S},
+        ) from None
     return MarketDataPublic(
         generated_at=now,
         source=SOURCE,
@@ -543,6 +564,7 @@ async def market_data(exchange: ExchangeDep, market: MarketQ = None) -> MarketDa
             )
             for q in quotes
         ],
+        external=[ExternalPricePublic.of(market_id, figures) for market_id, figures in external],
     )
 
 

@@ -1,29 +1,46 @@
-"""What the plane knows about prices now, from its own exchange only. No FastAPI here.
+"""What the plane knows about prices now: its own exchange's quotes and the external day-ahead
+figures of each market's bidding zone. No FastAPI here.
 
-Per market and delivery period that has not ended: best bid and ask of the resting orders, the
-last trade price, the VWAP and the volume of today's trades ("today" = since 00:00 UTC). A
-period is listed when it has resting orders or traded today. External prices (EPEX via
-ENTSO-E) come with the market-data issue; until then `SOURCE` says these are internal
-figures, and a period nobody quoted simply has no price: nothing is made up.
+Quotes (`SOURCE` = internal_exchange): per market and delivery period that has not ended, best
+bid and ask of the resting orders, the last trade price, the VWAP and the volume of today's
+trades ("today" = since 00:00 UTC). A period is listed when it has resting orders or traded
+today; a period nobody quoted simply has no price: nothing is made up.
+
+External figures (`external_figures`): per market with a bidding zone
+(`control_plane.market.service.EXCHANGE_MARKET_ZONES`: epex_at -> AT, epex_de_lu -> DE_LU),
+the day-ahead mark price, EMA and VWAP from the price store, with the source they came from
+(entsoe, awattar, file:..., demo:...), the VWAP weighted by this exchange's traded volume per
+delivery interval where there are trades. An empty store gives empty figures that say so.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Final
+
+from control_plane.market.derived import VWAP_POINTS
+from control_plane.market.service import ExternalFigures, external_figures, zone_of_market
+from control_plane.market.store import PriceStore
 
 from .models import TRADE_PRICE_STEP_EUR_PER_MWH, BookKey, Trade
 from .service import Exchange
 
-__all__ = ["NOTE", "SOURCE", "MarketQuote", "market_quotes", "trading_day_start"]
+__all__ = [
+    "NOTE",
+    "SOURCE",
+    "MarketQuote",
+    "external_market_figures",
+    "market_quotes",
+    "trading_day_start",
+]
 
 SOURCE: Final = "internal_exchange"
 NOTE: Final = (
-    "Prices from this plane's own order books and trades. External market prices (EPEX Spot "
-    "via ENTSO-E) are not connected yet: they arrive with the market-data integration."
+    "quotes: prices from this plane's own order books and trades. external: day-ahead mark, "
+    "EMA and VWAP per market's bidding zone from the price store; each names its source."
 )
 
 
@@ -74,3 +91,26 @@ def market_quotes(
             )
         )
     return quotes
+
+
+def external_market_figures(
+    exchange: Exchange, store: PriceStore, *, now: datetime, market: str | None = None
+) -> list[tuple[str, ExternalFigures]]:
+    """(market, figures) for every market with a bidding zone (all, or `market`)."""
+    result = []
+    lookback = timedelta(hours=VWAP_POINTS)  # 96 points of the coarsest resolution (hourly)
+    for m in exchange.markets:
+        zone = zone_of_market(m.market_id)
+        if zone is None or (market is not None and m.market_id != market):
+            continue
+        traded = [
+            (quarter.start, float(t.energy_mwh) / len(t.delivery.quarters()))
+            for t in exchange.trades(
+                market=m.market_id, delivery_from=now - lookback, delivery_to=now + lookback
+            )
+            for quarter in t.delivery.quarters()
+        ]
+        result.append(
+            (m.market_id, external_figures(store=store, zone=zone, now=now, trades=traded))
+        )
+    return result

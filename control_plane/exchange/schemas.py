@@ -17,6 +17,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer
 
+from control_plane.market.service import ExternalFigures
+
 from .exposure import DeliveryPosition, PortfolioExposure
 from .models import (
     BLOCK_MINUTES,
@@ -337,13 +339,68 @@ class MarketQuotePublic(BaseModel):
     trades: int
 
 
+class ExternalPricePublic(BaseModel):
+    """Day-ahead figures of a market's bidding zone from the price store."""
+
+    market: str
+    zone: str
+    source: str | None = Field(description="source of the mark price (else of the newest point)")
+    sources: list[str] = Field(description="sources of the points the figures use")
+    mark_price_eur_per_mwh: float | None = Field(description="price of the interval now")
+    mark_start: datetime | None
+    mark_resolution: str | None
+    ema_eur_per_mwh: float | None = Field(description="EMA, alpha 0.2, of the points up to now")
+    vwap_eur_per_mwh: float | None = Field(description="over the last 96 points up to now")
+    vwap_weighting: str | None = Field(
+        description="volume (this exchange's traded MWh per interval) or equal (no trades)"
+    )
+    vwap_weighted_points: int
+    vwap_volume_mwh: float
+    points: int = Field(description="points the figures were computed over")
+    note: str
+
+    @classmethod
+    def of(cls, market: str, f: ExternalFigures) -> ExternalPricePublic:
+        if f.points == 0:
+            note = (
+                f"no day-ahead prices of {f.zone} stored up to now: the market feed has not "
+                "fetched any (GET /api/market/status) and none were imported"
+            )
+        elif f.mark is None:
+            note = f"no stored price of {f.zone} covers the current interval; EMA/VWAP are older"
+        else:
+            note = f"day-ahead prices of {f.zone} from the price store"
+        if any(s.startswith("demo:") for s in f.sources):
+            note += "; demo: prices are synthetic (demo data), not market data"
+        mark = f.mark
+        return cls(
+            market=market,
+            zone=f.zone,
+            source=f.source,
+            sources=f.sources,
+            mark_price_eur_per_mwh=None if mark is None else mark.price_eur_per_mwh,
+            mark_start=None if mark is None else mark.start,
+            mark_resolution=None if mark is None else mark.resolution.value,
+            ema_eur_per_mwh=f.ema_eur_per_mwh,
+            vwap_eur_per_mwh=None if f.vwap is None else f.vwap.price_eur_per_mwh,
+            vwap_weighting=None if f.vwap is None else f.vwap.weighting,
+            vwap_weighted_points=0 if f.vwap is None else f.vwap.weighted_points,
+            vwap_volume_mwh=0.0 if f.vwap is None else f.vwap.volume_mwh,
+            points=f.points,
+            note=note,
+        )
+
+
 class MarketDataPublic(BaseModel):
     generated_at: datetime
-    source: str = Field(description="where the prices come from")
+    source: str = Field(description="where the quotes come from (internal_exchange)")
     note: str
     trading_day_start: datetime = Field(description="'today' starts here (00:00 UTC)")
     markets: list[str]
     quotes: list[MarketQuotePublic]
+    external: list[ExternalPricePublic] = Field(
+        default_factory=list, description="day-ahead figures per market with a bidding zone"
+    )
 
 
 def dump(model: BaseModel) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from edge_agent.config import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 SITE_FILE = Path(__file__).with_name("edge-site.yaml")
+PRICE_FILE = ROOT.parent / "shared" / "data" / "be_dayahead_2022_2023.csv"
 PATTERN_KW = (-80.0, -80.0, 0.0, 80.0, 80.0, 0.0)  # charge, charge, hold, discharge, ...
 QUARTER_S = 900
 
@@ -45,6 +46,30 @@ def _create_api_key(python: str, env: dict[str, str], key_file: Path) -> str:
     with os.fdopen(fd, "w") as out:
         out.write(key + "\n")
     return key
+
+
+def _load_prices(python: str, env: dict[str, str], price_file: Path) -> str:
+    """The demo's prices, without internet: the shared Belgian file as it is (zone BE) and,
+    for AT, today and tomorrow shaped like its last year, stored as source `demo:...` and
+    flagged as synthetic (never presented as ENTSO-E data). What happened, for the banner."""
+    if not price_file.is_file():
+        return f"none ({price_file} not found: /api/market-data says so)"
+    steps = (
+        ["prices", "import", str(price_file), "--zone", "BE"],
+        ["prices", "demo", "--zone", "AT", "--shape", str(price_file)],
+    )
+    for step in steps:
+        result = subprocess.run(  # noqa: S603 - our own module
+            [python, "-m", "control_plane", *step],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if result.returncode != 0:
+            return f"not loaded: {result.stderr.strip()}"
+    return f"BE from {price_file.name}; AT today/tomorrow synthetic (source demo:, flagged)"
 
 
 def _post_demo_schedule(plane_url: str, site_id: str, api_key: str) -> int:
@@ -115,6 +140,12 @@ def main() -> int:
     parser.add_argument("--control-port", type=int, default=5021)
     parser.add_argument("--plane-port", type=int, default=9000)
     parser.add_argument("--speed", type=float, default=10.0, help="simulated time speed-up")
+    parser.add_argument(
+        "--prices",
+        type=Path,
+        default=PRICE_FILE,
+        help="price CSV for the demo's market data (default: the shared Belgian file)",
+    )
     args = parser.parse_args()
 
     config = load_config(SITE_FILE)
@@ -163,6 +194,7 @@ def main() -> int:
         print(exc, file=sys.stderr)
         hil.terminate()
         return 1
+    prices = _load_prices(python, plane_env, args.prices)
     plane_log = (ROOT / "var" / "demo" / "plane.log").open("a")
     plane = subprocess.Popen(  # noqa: S603 - our own module
         [python, "-m", "control_plane", "serve"],
@@ -225,6 +257,9 @@ def main() -> int:
         f"                     bess-edge doctor -c {SITE_FILE.relative_to(ROOT)}\n"
         f"  demo schedule      v{version}, posted to the plane: charge 80 kW, hold, discharge "
         "80 kW, hold (15-minute intervals)\n"
+        f"  market prices      {prices}\n"
+        f"                     http://127.0.0.1:{args.plane_port}/api/market-data, "
+        "/api/market/prices?zone=AT\n"
         f"  control plane      http://127.0.0.1:{args.plane_port}/docs (every endpoint)\n"
         f"                     http://127.0.0.1:{args.plane_port}/api/bess/status\n"
         f"                     http://127.0.0.1:{args.plane_port}/metrics, EdgeLink gRPC "

@@ -136,7 +136,14 @@ def test_market_data_without_trades_says_where_prices_come_from(client: TestClie
     assert response.status_code == 200
     data = response.json()
     assert data["source"] == "internal_exchange"
-    assert "not connected" in data["note"]
+    assert "own order books" in data["note"]
+    # No prices in the store: the external figures say so and make none up.
+    assert [(e["market"], e["zone"], e["source"]) for e in data["external"]] == [
+        ("epex_at", "AT", None),
+        ("epex_de_lu", "DE_LU", None),
+    ]
+    assert all(e["mark_price_eur_per_mwh"] is None for e in data["external"])
+    assert "no day-ahead prices of AT stored" in data["external"][0]["note"]
     assert data["markets"] == ["epex_at", "epex_de_lu"]
     assert data["quotes"] == []
     assert data["trading_day_start"] == "2025-11-03T00:00:00Z"
