@@ -6,6 +6,7 @@
     bess-plane keys list | revoke ID | rotate ID [--grace-hours H]
     bess-plane site-cert SITE_ID [--out DIR] [--days N] [--force] [--config FILE]
     bess-plane ca show [--config FILE]   the EdgeLink CA's fingerprint and expiry
+    bess-plane backtest --prices FILE --battery ...   optimiser back-test (optimiser/cli.py)
 
 `keys` works on the store the settings name (same as `serve`, running or not). `create` and
 `rotate` print the new key alone on stdout, once (`KEY=$(bess-plane keys create ...)`); what
@@ -263,7 +264,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     for sub in (create, revoke, rotate, keys_commands.choices["list"]):
         sub.add_argument("--config", type=Path, help="settings file (YAML); env vars override it")
+    # -- optimiser back-test: works on files, needs no settings (control_plane/optimiser/cli.py)
+    from .optimiser.cli import add_backtest_parser, backtest_command
+
+    add_backtest_parser(commands)
     args = parser.parse_args(argv)
+    if args.command == "backtest":
+        return backtest_command(args)
+    # --
     try:
         settings = load_settings(args.config)
     except SettingsError as exc:

@@ -45,6 +45,8 @@ discharge (export), - = charge (import). Prices EUR/MWh, powers kW, energies kWh
 from __future__ import annotations
 
 import math
+import os
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -72,6 +74,7 @@ __all__ = [
     "Relaxation",
     "SolverError",
     "optimise",
+    "silence_highs_banner",
 ]
 
 FloatArray = npt.NDArray[np.float64]
@@ -554,6 +557,24 @@ def _build(problem: Problem, *, milp: bool) -> tuple[highspy.HighsLp, _Layout]:
             integrality[lay.b + t] = highspy.HighsVarType.kInteger
         lp.integrality_ = integrality
     return lp, lay
+
+
+def silence_highs_banner() -> None:
+    """Make the process's first HiGHS solver with stdout pointed at /dev/null.
+
+    HiGHS writes its banner to the C-level stdout when the first solver of a process is made,
+    whatever the options; that would break `bess-plane backtest --json`. Only for
+    single-threaded entry points (CLI, benchmarks): it swaps file descriptor 1 for a moment.
+    """
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+            highspy.Highs()  # type: ignore[no-untyped-call]
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def _solve(lp: highspy.HighsLp, *, milp: bool) -> FloatArray:
