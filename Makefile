@@ -46,6 +46,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.agent_footprint
 	$(BIN)/python -m bench.exchange_orders
 	$(BIN)/python -m bench.telemetry_ingest
+	$(BIN)/python -m bench.optimiser
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
