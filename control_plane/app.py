@@ -54,6 +54,8 @@ from .fleet import api as fleet_api
 from .fleet.edgelink import mtls_credentials, start_server
 from .fleet.service import FleetMetrics, FleetService
 from .fleet.store import FleetStore
+from .optimiser import api as optimiser_api
+from .optimiser.service import OptimiserService
 from .pki import CertificateAuthority
 from .site_states import FleetSiteStates
 
@@ -146,6 +148,15 @@ def create_app(
                 sites=FleetSiteStates(fleet_store),
                 metrics=exchange_metrics,
             )
+            # Optimiser: plans kept in memory; prices from `app.state.price_history` (the
+            # market feed's store sets it; without one, planning answers 409 saying so).
+            app.state.optimiser = OptimiserService(
+                sites=FleetSiteStates(fleet_store),
+                prices=lambda: getattr(app.state, "price_history", None),
+                schedules=fleet,
+                committed=exchange,
+                clock=clock,
+            )
             app.state.engine = engine
             app.state.fleet = fleet
             app.state.exchange = exchange
@@ -234,6 +245,7 @@ def create_app(
     app.include_router(auth_api.router)
     app.include_router(exchange_api.router)
     app.include_router(events_api.router)
+    app.include_router(optimiser_api.router)
     return app
 
 
