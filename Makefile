@@ -48,6 +48,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.telemetry_ingest
 	$(BIN)/python -m bench.forecast_backtest
 	$(BIN)/python -m bench.price_parse
+	$(BIN)/python -m bench.optimiser
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -58,6 +58,10 @@ from .forecast import api as forecast_api
 from .forecast.service import PriceHistory, create_forecast_service
 from .market import api as market_api
 from .market.feed import FeedMetrics, open_market
+from .optimiser import api as optimiser_api
+from .optimiser.forecasting import HISTORY_DAYS as FORECAST_HISTORY_DAYS
+from .optimiser.forecasting import price_forecaster
+from .optimiser.service import OptimiserService
 from .pki import CertificateAuthority
 from .site_states import FleetSiteStates
 
@@ -165,6 +169,17 @@ def create_app(
             if price_history is None:  # forecasts and the optimiser read the feed's store
                 forecast.history = prices
             app.state.price_history = price_history or prices
+            # Optimiser: plans kept in memory; prices from `app.state.price_history` (the
+            # market feed's store sets it; without one, planning answers 409 saying so).
+            app.state.optimiser = OptimiserService(
+                sites=FleetSiteStates(fleet_store),
+                prices=lambda: getattr(app.state, "price_history", None),
+                schedules=fleet,
+                committed=exchange,
+                clock=clock,
+                forecaster=price_forecaster(),  # the Forecast API's model (ridge)
+                forecast_history_days=FORECAST_HISTORY_DAYS,
+            )
             app.state.engine = engine
             app.state.fleet = fleet
             app.state.exchange = exchange
@@ -256,6 +271,7 @@ def create_app(
     app.include_router(events_api.router)
     app.include_router(forecast_api.router)
     app.include_router(market_api.router)
+    app.include_router(optimiser_api.router)
     return app
 
 

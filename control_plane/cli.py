@@ -9,6 +9,7 @@
     bess-plane forecast backtest --prices FILE [--zone BE]   price models' MAE/RMSE table
     bess-plane prices import FILE --zone BE | fetch --zone AT --start D --end D
                       | show --zone AT --day D | demo --zone AT --shape FILE   (market/cli.py)
+    bess-plane backtest --prices FILE --battery ...   optimiser back-test (optimiser/cli.py)
 
 `keys` works on the store the settings name (same as `serve`, running or not). `create` and
 `rotate` print the new key alone on stdout, once (`KEY=$(bess-plane keys create ...)`); what
@@ -306,9 +307,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     backtest.add_argument("--zone", default="BE", help="bidding zone of the file (default BE)")
     backtest.add_argument("--warmup-days", type=int, default=28, help="history before 1st origin")
     market_cli.add_parser(commands)
+    # -- optimiser back-test: works on files, needs no settings (control_plane/optimiser/cli.py)
+    from .optimiser.cli import add_backtest_parser, backtest_command
+
+    add_backtest_parser(commands)
     args = parser.parse_args(argv)
     if args.command == "forecast":
         return forecast_backtest(args.prices, args.zone, args.warmup_days)
+    if args.command == "backtest":
+        return backtest_command(args)
+    # --
     try:
         settings = load_settings(args.config)
     except SettingsError as exc:

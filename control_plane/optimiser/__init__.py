@@ -1,0 +1,1 @@
+"""Battery schedule optimisation: plans (model.py), back-tests (backtest.py), the HTTP API."""
