@@ -3,7 +3,7 @@
     bess-plane prices import FILE --zone BE [--timezone TZ --unit U --format F --resolution R]
     bess-plane prices fetch --zone AT --start 2025-01-01 --end 2025-01-02
     bess-plane prices show --zone AT --day 2025-01-01 [--resolution PT15M] [--source entsoe]
-    bess-plane prices demo --zone AT --shape FILE   synthetic today/tomorrow, source demo:...
+    bess-plane prices demo --zone AT --shape FILE [--past-days N]   synthetic, source demo:...
 
 They work on the store the settings name (the plane may be running). Dates without a time are
 local days of the zone; times need an offset (2025-01-01T00:00+01:00).
@@ -23,7 +23,7 @@ from control_plane.config import PlaneSettings
 from control_plane.db import StoreError, create_engine
 
 from .csv_import import CsvFormat, read_price_csv
-from .demo import demo_prices, hourly_shape
+from .demo import demo_prices, hourly_shape, replayed_prices
 from .feed import MarketFeed, utc_now
 from .models import MarketDataError, Resolution, zone
 from .service import ImportSummary, check_range, import_price_file
@@ -69,6 +69,13 @@ def add_parser(commands: Any) -> None:
     demo.add_argument("--shape", required=True, type=Path, help="a price CSV (its format args)")
     demo.add_argument("--shape-zone", default="BE", help="zone of the shape file")
     demo.add_argument("--days", type=int, default=2)
+    demo.add_argument(
+        "--past-days",
+        type=int,
+        default=0,
+        help="also the N days before today: the file's real day curves replayed (weekdays "
+        "matched), so forecasts have a history; 0 = today/tomorrow from the mean daily shape",
+    )
     for p in (imp, fetch, show, demo):
         p.add_argument("--config", type=Path, help="settings file (YAML); env vars override it")
 
@@ -144,14 +151,25 @@ def prices_command(settings: PlaneSettings, args: argparse.Namespace) -> int:
         if args.prices_command == "demo":
             # The file's last year: nearer today's price level than a multi-year mean.
             shape_points = read_price_csv(args.shape, zone_code=args.shape_zone).points[-8760:]
-            shape = hourly_shape(shape_points, zone(args.shape_zone).timezone)
-            points = demo_prices(
-                shape,
-                zone_code=target.code,
-                now=utc_now(),
-                label=f"shape-of-{args.shape.stem}",
-                days=args.days,
-            )
+            if args.past_days > 0:
+                points = replayed_prices(
+                    shape_points,
+                    source_timezone=zone(args.shape_zone).timezone,
+                    zone_code=target.code,
+                    now=utc_now(),
+                    label=f"replay-of-{args.shape.stem}",
+                    past_days=args.past_days,
+                    days=args.days,
+                )
+            else:
+                shape = hourly_shape(shape_points, zone(args.shape_zone).timezone)
+                points = demo_prices(
+                    shape,
+                    zone_code=target.code,
+                    now=utc_now(),
+                    label=f"shape-of-{args.shape.stem}",
+                    days=args.days,
+                )
             result = store.upsert(points, utc_now())
             print(
                 f"stored {len(points)} synthetic {target.code} quarter-hours (source "

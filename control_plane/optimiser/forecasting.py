@@ -43,16 +43,19 @@ def price_forecaster(model: PriceModel | None = None) -> Forecaster:
         if not history:
             raise NotEnoughHistoryError(f"{price_model.name} needs a price history; got none")
         step = history[-1].resolution.delta
+        # Whole hours before the origin only: a later price is never used, and an hour the
+        # history knows in part would end after the origin.
+        cutoff = origin.replace(minute=0, second=0, microsecond=0)
+        known = [p for p in history if p.start < cutoff]
+        if not known:
+            raise NotEnoughHistoryError(
+                f"{price_model.name} needs prices of whole hours before {origin:%Y-%m-%dT%H:%MZ}"
+            )
         try:
-            series = hourly_from_points(history, timezone=zone(history[-1].zone).timezone)
+            series = hourly_from_points(known, timezone=zone(known[-1].zone).timezone)
         except ValueError as exc:  # an EIC-only zone: its calendar is UTC
             raise NotEnoughHistoryError(str(exc)) from None
-        end = series.start + len(series) * HOUR
-        if origin < end:
-            raise NotEnoughHistoryError(
-                f"the history reaches {end:%Y-%m-%dT%H:%MZ}, past the origin "
-                f"{origin:%Y-%m-%dT%H:%MZ}: pass only prices before the origin"
-            )
+        end = series.start + len(series) * HOUR  # <= cutoff <= origin
         hours = ceil((origin - end + horizon * step) / HOUR)
         try:
             band = price_model.forecast(series, hours)

@@ -50,13 +50,15 @@ def _create_api_key(python: str, env: dict[str, str], key_file: Path) -> str:
 
 def _load_prices(python: str, env: dict[str, str], price_file: Path) -> str:
     """The demo's prices, without internet: the shared Belgian file as it is (zone BE) and,
-    for AT, today and tomorrow shaped like its last year, stored as source `demo:...` and
-    flagged as synthetic (never presented as ENTSO-E data). What happened, for the banner."""
+    for AT, the 90 days before today to tomorrow replayed from its last year's day curves,
+    stored as source `demo:...` and flagged as synthetic (never presented as ENTSO-E data).
+    What happened, for the banner."""
     if not price_file.is_file():
         return f"none ({price_file} not found: /api/market-data says so)"
     steps = (
         ["prices", "import", str(price_file), "--zone", "BE"],
-        ["prices", "demo", "--zone", "AT", "--shape", str(price_file)],
+        # 90 days back: the forecasts (ridge: 72 days) and the optimiser's forecast mode work.
+        ["prices", "demo", "--zone", "AT", "--shape", str(price_file), "--past-days", "90"],
     )
     for step in steps:
         result = subprocess.run(  # noqa: S603 - our own module
@@ -69,7 +71,10 @@ def _load_prices(python: str, env: dict[str, str], price_file: Path) -> str:
         )
         if result.returncode != 0:
             return f"not loaded: {result.stderr.strip()}"
-    return f"BE from {price_file.name}; AT today/tomorrow synthetic (source demo:, flagged)"
+    return (
+        f"BE from {price_file.name}; AT synthetic, 90 days back to tomorrow: {price_file.name}'s "
+        "day curves replayed (source demo:, flagged)"
+    )
 
 
 def _post_demo_schedule(plane_url: str, site_id: str, api_key: str) -> int:

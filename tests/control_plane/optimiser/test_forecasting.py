@@ -53,5 +53,13 @@ def test_too_little_or_future_history_is_refused() -> None:
     with pytest.raises(NotEnoughHistoryError, match="48"):
         forecast(_daily(24), T0 + timedelta(days=1), 4)
     history = _daily(24 * 30)
-    with pytest.raises(NotEnoughHistoryError, match="past the origin"):
-        forecast(history, history[-1].start, 4)
+    origin = history[-8].start  # the last two hours are after the origin: never used
+    assert forecast(history, origin, 8) == forecast(history[:-8], origin, 8)
+
+
+def test_a_partly_known_hour_before_a_quarter_hour_origin_is_forecast() -> None:
+    forecast = price_forecaster(SeasonalNaive(period_h=24))
+    history = _daily(24 * 30 + 1)[:-2]  # ends at 00:30, the origin
+    origin = history[-1].end
+    assert origin.minute == 30
+    assert forecast(history, origin, 4) == [0.0, 0.0, 10.0, 10.0]
