@@ -47,6 +47,7 @@ from .events import EventHub, EventMetrics, TelemetryCoalescer
 from .exchange import api as exchange_api
 from .exchange.checks import checks_from_policy
 from .exchange.metrics import ExchangeMetrics
+from .exchange.models import PlacedOrder
 from .exchange.policy import Policy, load_policy
 from .exchange.service import Exchange, utc_now
 from .exchange.store import SqlOrderStore
@@ -62,6 +63,7 @@ from .optimiser import api as optimiser_api
 from .optimiser.forecasting import HISTORY_DAYS as FORECAST_HISTORY_DAYS
 from .optimiser.forecasting import price_forecaster
 from .optimiser.service import OptimiserService
+from .optimiser.store import AutoSubmitStore
 from .pki import CertificateAuthority
 from .site_states import FleetSiteStates
 
@@ -171,6 +173,15 @@ def create_app(
             app.state.price_history = price_history or prices
             # Optimiser: plans kept in memory; prices from `app.state.price_history` (the
             # market feed's store sets it; without one, planning answers 409 saying so).
+            # Submitted orders go to the exchange; their events to /ws as the HTTP route's do.
+            auto_submit = AutoSubmitStore(engine)
+            applied = await asyncio.to_thread(auto_submit.migrate)
+            if applied:
+                log.info("optimiser: store migrated to version %d", applied[-1])
+
+            def publish_placement(placed: PlacedOrder) -> None:
+                hub.publish_many(exchange_api.placement_events(placed))
+
             app.state.optimiser = OptimiserService(
                 sites=FleetSiteStates(fleet_store),
                 prices=lambda: getattr(app.state, "price_history", None),
@@ -179,6 +190,9 @@ def create_app(
                 clock=clock,
                 forecaster=price_forecaster(),  # the Forecast API's model (ridge)
                 forecast_history_days=FORECAST_HISTORY_DAYS,
+                orders=exchange,
+                on_placed=publish_placement,
+                switches=auto_submit,
             )
             app.state.engine = engine
             app.state.fleet = fleet

@@ -1,4 +1,5 @@
-"""The optimiser's HTTP shapes: `OptimiseCreate` in, `PlanPublic` out (STYLE item 3)."""
+"""The optimiser's HTTP shapes: `OptimiseCreate` in, `PlanPublic` out, the auto-submission
+switches (STYLE item 3)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
+from control_plane.exchange.models import OrderState
 from control_plane.fleet.models import SITE_ID
 
-from .service import StoredPlan
+from .service import StoredPlan, Submission
+from .store import AutoSubmitSwitch
 
 
 class OptimiseCreate(BaseModel):
@@ -90,6 +93,61 @@ class ProposedOrderPublic(BaseModel):
     site: str | None
 
 
+class SubmittedOrderPublic(BaseModel):
+    """What became of one proposed order."""
+
+    side: str
+    quantity_mw: str
+    limit_price: str
+    delivery: DeliveryOut
+    order_id: int | None = Field(description="the exchange's id (GET /api/orders/{id})")
+    state: str = Field(
+        description="ACCEPTED, PARTIALLY_FILLED, FILLED, REJECTED (a pre-trade check refused "
+        "it: reject_reason) or NOT_PLACED (malformed for the exchange now, e.g. past the gate "
+        "closure: reject_reason; nothing stored)"
+    )
+    filled_mw: str
+    reject_reason: str | None
+
+
+class SubmissionSummaryPublic(BaseModel):
+    submitted_at: datetime
+    submitted_by: str = Field(description="the API key's name, or auto-submit")
+    complete: bool = Field(description="every proposed order was tried")
+    error: str | None = Field(description="why the submission stopped early")
+    placed: int = Field(description="orders the exchange stored (including REJECTED)")
+    rejected: int
+    not_placed: int
+
+
+class SubmissionPublic(SubmissionSummaryPublic):
+    results: list[SubmittedOrderPublic] = Field(description="in the order they were placed")
+
+
+class AutoSubmitPublic(BaseModel):
+    portfolio: str
+    enabled: bool
+    updated_at: datetime
+    updated_by: str
+
+    @classmethod
+    def of(cls, switch: AutoSubmitSwitch) -> AutoSubmitPublic:
+        return cls(
+            portfolio=switch.portfolio,
+            enabled=switch.enabled,
+            updated_at=switch.updated_at,
+            updated_by=switch.updated_by,
+        )
+
+
+class AutoSubmitUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(
+        description="true: a dispatched plan's proposed orders are placed at once"
+    )
+
+
 class DispatchPublic(BaseModel):
     schedule_version: int
     status: str
@@ -107,6 +165,13 @@ class PlanSummaryPublic(BaseModel):
     objective_eur: float
     relaxed: int
     dispatched: DispatchPublic | None
+    portfolio: str | None = Field(description="of the proposed orders (null: none proposed)")
+    auto_submit: bool = Field(
+        description="the portfolio auto-submits: dispatching places the proposed orders"
+    )
+    orders_submitted: SubmissionSummaryPublic | None = Field(
+        description="null: the proposed orders were not submitted"
+    )
 
 
 class PlanPublic(PlanSummaryPublic):
@@ -120,13 +185,54 @@ class PlanPublic(PlanSummaryPublic):
     intervals: list[PlanIntervalPublic]
     schedule: ScheduleOut
     proposed_orders: list[ProposedOrderPublic]
+    orders_submitted: SubmissionPublic | None = Field(
+        description="null: the proposed orders were not submitted"
+    )
 
 
-def summary_of(stored: StoredPlan) -> PlanSummaryPublic:
-    return PlanSummaryPublic(**_summary_fields(stored))
+def summary_of(stored: StoredPlan, *, auto_submit: bool) -> PlanSummaryPublic:
+    """`auto_submit`: whether the plan's portfolio auto-submits (the service's switch)."""
+    return PlanSummaryPublic(
+        **_summary_fields(stored, auto_submit=auto_submit),
+        orders_submitted=None if stored.submission is None else _counts(stored.submission),
+    )
 
 
-def _summary_fields(stored: StoredPlan) -> dict[str, Any]:
+def _counts(submission: Submission) -> SubmissionSummaryPublic:
+    results = submission.results
+    return SubmissionSummaryPublic(
+        submitted_at=submission.submitted_at,
+        submitted_by=submission.submitted_by,
+        complete=submission.complete,
+        error=submission.error,
+        placed=sum(1 for r in results if r.order_id is not None),
+        rejected=sum(1 for r in results if r.state == OrderState.REJECTED.value),
+        not_placed=sum(1 for r in results if r.order_id is None),
+    )
+
+
+def submission_public(submission: Submission) -> SubmissionPublic:
+    return SubmissionPublic(
+        **_counts(submission).model_dump(),
+        results=[
+            SubmittedOrderPublic(
+                side=r.proposed.side.value,
+                quantity_mw=str(r.proposed.quantity_mw),
+                limit_price=str(r.proposed.limit_price_eur_per_mwh),
+                delivery=DeliveryOut(
+                    start=r.proposed.delivery.start, product=f"PT{r.proposed.delivery.minutes}M"
+                ),
+                order_id=r.order_id,
+                state=r.state,
+                filled_mw=str(r.filled_mw),
+                reject_reason=r.reject_reason,
+            )
+            for r in submission.results
+        ],
+    )
+
+
+def _summary_fields(stored: StoredPlan, *, auto_submit: bool) -> dict[str, Any]:
     plan = stored.plan
     d = stored.dispatched
     return {
@@ -143,15 +249,21 @@ def _summary_fields(stored: StoredPlan) -> dict[str, Any]:
         "dispatched": None
         if d is None
         else DispatchPublic(schedule_version=d.schedule.version, status=d.status.value),
+        "portfolio": stored.portfolio,
+        "auto_submit": auto_submit and stored.portfolio is not None,
     }
 
 
-def plan_public(stored: StoredPlan) -> PlanPublic:
+def plan_public(stored: StoredPlan, *, auto_submit: bool) -> PlanPublic:
+    """`auto_submit`: whether the plan's portfolio auto-submits (the service's switch)."""
     plan = stored.plan
     problem = plan.problem
     schedule = plan.to_schedule(origin=f"optimiser:{stored.plan_id}")
     return PlanPublic(
-        **_summary_fields(stored),
+        **_summary_fields(stored, auto_submit=auto_submit),
+        orders_submitted=None
+        if stored.submission is None
+        else submission_public(stored.submission),
         interval_minutes=problem.interval_minutes,
         initial_soc_pct=problem.initial_soc_pct,
         degradation_cost_eur=round(plan.degradation_cost_eur, 2),

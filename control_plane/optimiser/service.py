@@ -9,8 +9,30 @@ thread. `dispatch` pushes the plan's schedule to the site through the fleet
 (`submit_schedule`); the fleet stores it and sends it when the site is connected.
 
 Plans are kept **in memory** (the newest `keep_per_site` per site): they are cheap to recompute
-and go stale within hours; what matters afterwards, the dispatched schedule, is stored by the
-fleet (origin `optimiser:<plan_id>`). Orders are proposed, never placed, here.
+and go stale within hours; what matters afterwards, the dispatched schedule and the placed
+orders, is stored by the fleet (origin `optimiser:<plan_id>`) and the exchange.
+
+**Orders.** A plan with `market` and `portfolio` proposes orders; they are placed on the
+exchange (`OrderPlacer`, the `Exchange`) only when a trader submits them (`submit_orders`) or,
+if the desk enabled auto-submission for the portfolio (`set_auto_submit`, a persistent switch
+in `store.py`, off unless turned on), when the plan is dispatched. A plan's orders are
+submitted **at most once**: the `Submission` is attached to the plan under the lock before the
+first order is placed, so a second call (or a dispatch racing a trader) is refused with who
+submitted them and when. Orders are placed one by one, in the plan's order, each in a worker
+thread (the engine blocks on its commit); each outcome is kept on the plan:
+
+- placed (ACCEPTED, PARTIALLY_FILLED, FILLED) or refused by a pre-trade check (REJECTED with
+  its reason; stored by the exchange like any order): a result, the next order follows;
+- malformed for the exchange now (`OrderValidationError`, typically a delivery period that
+  has passed the gate closure since the plan was made): result NOT_PLACED with the reason,
+  nothing stored, the next order follows;
+- the store failed or anything unexpected: the submission **stops** there, keeps what was
+  placed so far and the error, and `SubmissionFailedError` reports both. The failed order may
+  or may not have been committed (a commit can fail after the database applied it), so the
+  rest is never placed automatically: the desk checks `GET /api/orders` and places by hand.
+
+Every placement is handed to `on_placed` (the app publishes its events on the WebSocket hub);
+a failing callback is logged and does not stop the submission.
 
 Errors (besides the model's `InvalidProblemError` for bad overrides):
 
@@ -20,11 +42,18 @@ Errors (besides the model's `InvalidProblemError` for bad overrides):
      +-- NoPricesError                           no complete prices for the horizon
      +-- UnknownPlanError                        no plan with that id (or it was dropped)
      +-- AlreadyDispatchedError                  the plan was dispatched before
+     +-- NoOrdersError                           the plan has no market/portfolio, so no orders
+     +-- AlreadySubmittedError                   the plan's orders were submitted before
+     +-- SubmissionUnavailableError              no exchange / switch store in this plane
+     +-- InvalidPortfolioError                   a switch for an empty or overlong portfolio
+     +-- SubmissionFailedError                   the store failed midway; `.submission` says
+                                                 what was placed before
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import threading
 import uuid
@@ -36,23 +65,43 @@ from decimal import Decimal
 from typing import Literal, Protocol
 
 from control_plane.exchange.checks import CommittedEnergy, SiteStates
-from control_plane.exchange.models import NewOrder, Side
+from control_plane.exchange.errors import OrderValidationError
+from control_plane.exchange.errors import StoreError as ExchangeStoreError
+from control_plane.exchange.models import NewOrder, PlacedOrder, Side
 from control_plane.fleet.models import NewSchedule, ScheduleRecord, UnknownSiteError
 from control_plane.market.models import PricePoint, Resolution
 
 from .backtest import Forecaster, NotEnoughHistoryError, PriceHistory, seasonal_naive
 from .model import Battery, InvalidProblemError, OptimiserError, Plan, Problem, optimise
+from .store import MAX_PORTFOLIO_LENGTH, AutoSubmitSwitch
 
 __all__ = [
+    "AUTO_SUBMITTER",
     "AlreadyDispatchedError",
+    "AlreadySubmittedError",
+    "AutoSubmitSwitches",
     "BatteryDefaults",
+    "InvalidPortfolioError",
+    "NoOrdersError",
     "NoPricesError",
     "OptimiseRequest",
     "OptimiserService",
+    "OrderPlacer",
     "SiteNotReadyError",
     "StoredPlan",
+    "Submission",
+    "SubmissionFailedError",
+    "SubmissionUnavailableError",
+    "SubmittedOrder",
     "UnknownPlanError",
 ]
+
+log = logging.getLogger(__name__)
+
+AUTO_SUBMITTER = "auto-submit"
+"""`submitted_by` of the orders placed because the portfolio auto-submits."""
+NOT_PLACED = "NOT_PLACED"
+"""The state of a proposed order the exchange refused as malformed (nothing stored)."""
 
 PriceSourceName = Literal["market", "forecast"]
 OVERRIDABLE = frozenset(f.name for f in fields(Battery))
@@ -75,10 +124,50 @@ class AlreadyDispatchedError(OptimiserError):
     pass
 
 
+class NoOrdersError(OptimiserError):
+    pass
+
+
+class AlreadySubmittedError(OptimiserError):
+    pass
+
+
+class SubmissionUnavailableError(OptimiserError):
+    pass
+
+
+class InvalidPortfolioError(OptimiserError):
+    pass
+
+
+class SubmissionFailedError(OptimiserError):
+    """The submission stopped at an error; `submission` holds what was placed before it."""
+
+    def __init__(self, message: str, *, submission: Submission) -> None:
+        super().__init__(message)
+        self.submission = submission
+
+
 class ScheduleSink(Protocol):
     """Where a plan's schedule goes (the fleet service)."""
 
     async def submit_schedule(self, *, site_id: str, new: NewSchedule) -> ScheduleRecord: ...
+
+
+class OrderPlacer(Protocol):
+    """Where proposed orders are placed (the exchange; blocking, run in a worker thread)."""
+
+    def place_order(self, *, order: NewOrder) -> PlacedOrder: ...
+
+
+class AutoSubmitSwitches(Protocol):
+    """The persistent per-portfolio switches (`store.AutoSubmitStore`; blocking)."""
+
+    def set(self, switch: AutoSubmitSwitch) -> None: ...
+
+    def get(self, portfolio: str) -> AutoSubmitSwitch | None: ...
+
+    def list(self) -> list[AutoSubmitSwitch]: ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -110,6 +199,37 @@ class OptimiseRequest:
     """With `market`: the exchange market and portfolio of the proposed orders."""
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SubmittedOrder:
+    """What became of one proposed order."""
+
+    proposed: NewOrder
+    order_id: int | None
+    """The exchange's id; None when it was NOT_PLACED (malformed for the exchange)."""
+    state: str
+    """The order's state after placement (`OrderState` value) or NOT_PLACED."""
+    filled_mw: Decimal
+    reject_reason: str | None = None
+    """Why a pre-trade check REJECTED it, or why it was NOT_PLACED."""
+
+
+@dataclass(slots=True, kw_only=True)
+class Submission:
+    """The one submission of a plan's proposed orders (filled in while it runs)."""
+
+    submitted_at: datetime
+    submitted_by: str
+    results: list[SubmittedOrder] = field(default_factory=list)
+    finished: bool = False
+    error: str | None = None
+    """Why the submission stopped before the last order (None: every order was tried)."""
+
+    @property
+    def complete(self) -> bool:
+        """Every proposed order was tried (placed, rejected or not placed)."""
+        return self.finished and self.error is None
+
+
 @dataclass(slots=True, kw_only=True)
 class StoredPlan:
     plan_id: str
@@ -119,6 +239,14 @@ class StoredPlan:
     plan: Plan
     orders: list[NewOrder]
     dispatched: ScheduleRecord | None = None
+    submission: Submission | None = None
+
+    @property
+    def portfolio(self) -> str | None:
+        """The portfolio of the proposed orders (None: the plan proposes none)."""
+        if self.request.market and self.request.portfolio:
+            return self.request.portfolio
+        return None
 
 
 class OptimiserService:
@@ -134,9 +262,13 @@ class OptimiserService:
         forecast_history_days: int = 8,
         defaults: BatteryDefaults | None = None,
         keep_per_site: int = 50,
+        orders: OrderPlacer | None = None,
+        on_placed: Callable[[PlacedOrder], None] | None = None,
+        switches: AutoSubmitSwitches | None = None,
     ) -> None:
         """`forecast_history_days`: how much price history `forecaster` gets (seasonal-naive
-        needs a week; the ridge model `forecasting.HISTORY_DAYS`)."""
+        needs a week; the ridge model `forecasting.HISTORY_DAYS`). Without `orders` plans
+        only propose orders; without `switches` no portfolio auto-submits."""
         self._sites = sites
         self._prices = prices
         self._schedules = schedules
@@ -146,6 +278,9 @@ class OptimiserService:
         self._history_days = forecast_history_days
         self._defaults = defaults or BatteryDefaults()
         self._keep = keep_per_site
+        self._orders = orders
+        self._on_placed = on_placed
+        self._switches = switches
         self._plans: OrderedDict[str, StoredPlan] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -172,7 +307,13 @@ class OptimiserService:
         return stored
 
     async def dispatch(self, plan_id: str) -> StoredPlan:
-        """Push the plan's schedule to its site (once)."""
+        """Push the plan's schedule to its site (once); then, if its portfolio auto-submits
+        and its orders were not submitted yet, submit them as `AUTO_SUBMITTER`.
+
+        The schedule is pushed whatever happens to the orders: a failed auto-submission is
+        logged and kept on the plan (`submission.error`), not raised, because the dispatch it
+        follows did happen and cannot be repeated.
+        """
         stored = self.get(plan_id)
         with self._lock:
             if stored.dispatched is not None:
@@ -184,7 +325,139 @@ class OptimiserService:
             site_id=stored.site_id, new=stored.plan.to_schedule(origin=f"optimiser:{plan_id}")
         )
         stored.dispatched = record
+        portfolio = stored.portfolio
+        if portfolio is None or self._orders is None or stored.submission is not None:
+            return stored
+        if not await self.auto_submits(portfolio):
+            return stored
+        log.info(
+            "plan %s dispatched: auto-submitting its orders (portfolio %s)", plan_id, portfolio
+        )
+        try:
+            await self.submit_orders(plan_id, submitted_by=AUTO_SUBMITTER)
+        except AlreadySubmittedError:
+            pass  # a trader submitted them in the meantime: placed once, as wanted
+        except SubmissionFailedError as exc:
+            log.error("plan %s: auto-submission failed: %s", plan_id, exc)
         return stored
+
+    # -- orders ----------------------------------------------------------------------------
+
+    async def submit_orders(self, plan_id: str, *, submitted_by: str) -> StoredPlan:
+        """Place the plan's proposed orders on the exchange, once, in order (module docstring).
+
+        Raises NoOrdersError, AlreadySubmittedError, SubmissionUnavailableError before placing
+        anything, SubmissionFailedError when it stopped midway.
+        """
+        stored = self.get(plan_id)
+        if stored.portfolio is None:
+            raise NoOrdersError(
+                f"plan {plan_id} proposes no orders: the plan needs `market` and `portfolio` in "
+                "its request (POST /api/optimise); make a new plan with both"
+            )
+        placer = self._orders
+        if placer is None:
+            raise SubmissionUnavailableError(
+                "this plane has no exchange to place orders on; the proposed orders can only "
+                "be read"
+            )
+        submission = Submission(submitted_at=self._clock(), submitted_by=submitted_by)
+        with self._lock:
+            done = stored.submission
+            if done is None:
+                stored.submission = submission
+        if done is not None:
+            raise AlreadySubmittedError(_already(plan_id, done))
+        for proposed in stored.orders:
+            try:
+                placed = await asyncio.to_thread(placer.place_order, order=proposed)
+            except OrderValidationError as exc:
+                submission.results.append(
+                    SubmittedOrder(
+                        proposed=proposed,
+                        order_id=None,
+                        state=NOT_PLACED,
+                        filled_mw=Decimal(0),
+                        reject_reason=str(exc),
+                    )
+                )
+                continue
+            except Exception as exc:
+                kind = "the exchange's store" if isinstance(exc, ExchangeStoreError) else "error"
+                submission.error = f"{kind}: {exc}" if str(exc) else f"{kind}: {type(exc).__name__}"
+                submission.finished = True
+                if not isinstance(exc, ExchangeStoreError):
+                    log.exception("plan %s: placing an order failed", plan_id)
+                raise SubmissionFailedError(
+                    _failure(plan_id, submission, proposed, len(stored.orders)),
+                    submission=submission,
+                ) from exc
+            except BaseException:  # cancelled (the plane is stopping): the order may be placed
+                submission.error = "interrupted while placing an order; it may have been placed"
+                submission.finished = True
+                raise
+            order = placed.order
+            submission.results.append(
+                SubmittedOrder(
+                    proposed=proposed,
+                    order_id=order.order_id,
+                    state=order.state.value,
+                    filled_mw=order.filled_mw,
+                    reject_reason=order.reject_reason,
+                )
+            )
+            self._publish(placed)
+        submission.finished = True
+        log.info(
+            "plan %s: %d orders submitted by %s", plan_id, len(submission.results), submitted_by
+        )
+        return stored
+
+    def _publish(self, placed: PlacedOrder) -> None:
+        if self._on_placed is None:
+            return
+        try:
+            self._on_placed(placed)
+        except Exception:  # events are a view: never let them stop the placements
+            log.exception("publishing the events of order %d failed", placed.order.order_id)
+
+    # -- auto-submission switches ----------------------------------------------------------
+
+    async def set_auto_submit(self, portfolio: str, *, enabled: bool, by: str) -> AutoSubmitSwitch:
+        """Turn auto-submission of `portfolio`'s proposed orders on or off (persistent)."""
+        switches = self._need_switches()
+        name = portfolio.strip()
+        if not name or len(name) > MAX_PORTFOLIO_LENGTH or not name.isprintable():
+            raise InvalidPortfolioError(
+                f"portfolio {portfolio!r} is not a portfolio name: 1 to {MAX_PORTFOLIO_LENGTH} "
+                "printable characters, as in the orders"
+            )
+        switch = AutoSubmitSwitch(
+            portfolio=name, enabled=enabled, updated_at=self._clock(), updated_by=by
+        )
+        await asyncio.to_thread(switches.set, switch)
+        log.info("auto-submission of portfolio %s %s by %s", name, "ON" if enabled else "off", by)
+        return switch
+
+    async def auto_submit(self) -> list[AutoSubmitSwitch]:
+        """Every switch ever set (on or off), by portfolio."""
+        if self._switches is None:
+            return []
+        return await asyncio.to_thread(self._switches.list)
+
+    async def auto_submits(self, portfolio: str) -> bool:
+        """Whether `portfolio`'s orders are placed when its plans are dispatched."""
+        if self._switches is None:
+            return False
+        switch = await asyncio.to_thread(self._switches.get, portfolio)
+        return switch is not None and switch.enabled
+
+    def _need_switches(self) -> AutoSubmitSwitches:
+        if self._switches is None:
+            raise SubmissionUnavailableError(
+                "this plane keeps no auto-submission switches (no store configured)"
+            )
+        return self._switches
 
     # -- planning (worker thread) ----------------------------------------------------------
 
@@ -330,6 +603,35 @@ class OptimiserService:
             )
             out.append(float(total) / quarters)
         return out
+
+
+def _already(plan_id: str, done: Submission) -> str:
+    when = done.submitted_at.isoformat()
+    if not done.finished:
+        return (
+            f"the orders of plan {plan_id} are being submitted (since {when}, by "
+            f"{done.submitted_by}); a plan's orders are placed once"
+        )
+    placed = sum(1 for r in done.results if r.order_id is not None)
+    outcome = "" if done.error is None else f", stopped early: {done.error}"
+    return (
+        f"the orders of plan {plan_id} were submitted at {when} by {done.submitted_by} "
+        f"({placed} placed{outcome}); a plan's orders are placed once: make a new plan, or place "
+        "orders by hand with POST /api/orders"
+    )
+
+
+def _failure(plan_id: str, submission: Submission, failed: NewOrder, total: int) -> str:
+    ids = [str(r.order_id) for r in submission.results if r.order_id is not None]
+    placed = f"order ids {', '.join(ids)}" if ids else "no order"
+    return (
+        f"submitting the orders of plan {plan_id} stopped at order {len(submission.results) + 1} "
+        f"of {total} ({failed.side.value} {failed.quantity_mw} MW for "
+        f"{failed.delivery.start.isoformat()}): {submission.error}. Placed before it: {placed}. "
+        "The failed order may or may not be stored and the rest was not placed; the plan is "
+        "marked submitted so nothing is placed twice: check GET /api/orders and place the rest "
+        "by hand"
+    )
 
 
 def _ceil(moment: datetime, res: Resolution) -> datetime:

@@ -28,8 +28,14 @@ START = T0 + timedelta(minutes=15)  # the clock stands at T0 (08:00 UTC, on the 
 
 
 @pytest.fixture
-def client(tmp_path: Path) -> Iterator[TestClient]:
-    app = create_app(settings_for(tmp_path), clock=SteppedClock())
+def clock() -> SteppedClock:
+    """The plane's clock (exchange, optimiser), standing at T0 until a test advances it."""
+    return SteppedClock()
+
+
+@pytest.fixture
+def client(tmp_path: Path, clock: SteppedClock) -> Iterator[TestClient]:
+    app = create_app(settings_for(tmp_path), clock=clock)
     with TestClient(app, base_url="http://plane") as test_client:
         issued = app.state.auth.create(name="optimiser-tests", role=Role.ADMIN)
         test_client.headers.update(bearer(str(issued.token)))
