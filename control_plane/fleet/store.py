@@ -198,6 +198,14 @@ class FleetStore:
         self.engine = engine
         self._writer = db.for_writes(engine)  # BEGIN IMMEDIATE on SQLite: see db.for_writes
         self._dialect = engine.dialect.name
+        # Built once: ingest runs per batch, and building a statement costs as much as running
+        # a one-row insert (SQLAlchemy caches the compiled form of identical statements).
+        self._insert_samples = self._insert(telemetry).on_conflict_do_nothing(
+            index_elements=["site_id", "stream", "seq"]
+        )
+        self._insert_events = self._insert(events).on_conflict_do_nothing(
+            index_elements=["site_id", "seq"]
+        )
 
     def migrate(self) -> list[int]:
         return migrate(self.engine, SERVICE, MIGRATIONS)
@@ -270,15 +278,11 @@ class FleetStore:
 
     @staticmethod
     def _last_seq(conn: Connection, site_id: str, stream: str = EDGE) -> int:
-        query = sa.select(sa.func.max(telemetry.c.seq)).where(
-            telemetry.c.site_id == site_id, telemetry.c.stream == stream
-        )
-        return int(conn.scalar(query) or 0)
+        return int(conn.scalar(_LAST_SEQ, {"site": site_id, "stream": stream}) or 0)
 
     @staticmethod
     def _last_event_seq(conn: Connection, site_id: str) -> int:
-        query = sa.select(sa.func.max(events.c.seq)).where(events.c.site_id == site_id)
-        return int(conn.scalar(query) or 0)
+        return int(conn.scalar(_LAST_EVENT_SEQ, {"site": site_id}) or 0)
 
     def ingest_samples(
         self,
@@ -290,53 +294,22 @@ class FleetStore:
     ) -> IngestResult:
         """Store the samples not stored yet, in one transaction; the result after commit."""
         with self._writer.begin() as conn:
-            new = self._new_only(conn, telemetry, site_id, samples, stream=stream)
+            seen = _seen(conn, _SEEN_SAMPLES, samples, site=site_id, stream=stream)
+            new = _new_only(samples, seen)
             if new:
-                rows = [_sample_row(site_id, stream, s, now) for s in new]
                 conn.execute(
-                    self._insert(telemetry).on_conflict_do_nothing(
-                        index_elements=["site_id", "stream", "seq"]
-                    ),
-                    rows,
+                    self._insert_samples, [_sample_row(site_id, stream, s, now) for s in new]
                 )
             through = self._last_seq(conn, site_id, stream)
         return IngestResult(len(new), len(samples) - len(new), through)
 
     def ingest_events(self, site_id: str, items: Sequence[Event], *, now: datetime) -> IngestResult:
         with self._writer.begin() as conn:
-            new = self._new_only(conn, events, site_id, items)
+            new = _new_only(items, _seen(conn, _SEEN_EVENTS, items, site=site_id))
             if new:
-                conn.execute(
-                    self._insert(events).on_conflict_do_nothing(index_elements=["site_id", "seq"]),
-                    [_event_row(site_id, e, now) for e in new],
-                )
+                conn.execute(self._insert_events, [_event_row(site_id, e, now) for e in new])
             through = self._last_event_seq(conn, site_id)
         return IngestResult(len(new), len(items) - len(new), through)
-
-    @staticmethod
-    def _new_only(
-        conn: Connection,
-        table: sa.Table,
-        site_id: str,
-        items: Sequence[_T],
-        *,
-        stream: str | None = None,
-    ) -> list[_T]:
-        """The items whose seq is not stored yet, each seq once (a batch may repeat one)."""
-        if not items:
-            return []
-        query = sa.select(table.c.seq).where(
-            table.c.site_id == site_id, table.c.seq.in_({item.seq for item in items})
-        )
-        if stream is not None:
-            query = query.where(table.c.stream == stream)
-        seen = set(conn.scalars(query))
-        new: list[_T] = []
-        for item in items:
-            if item.seq not in seen:
-                seen.add(item.seq)
-                new.append(item)
-        return new
 
     def next_api_seq(self, site_id: str) -> int:
         with self.engine.connect() as conn:
@@ -599,6 +572,41 @@ class FleetStore:
 
 
 # -- rows <-> domain -------------------------------------------------------------------------
+
+
+_SEEN_SAMPLES = sa.select(telemetry.c.seq).where(
+    telemetry.c.site_id == sa.bindparam("site"),
+    telemetry.c.stream == sa.bindparam("stream"),
+    telemetry.c.seq.in_(sa.bindparam("seqs", expanding=True)),
+)
+_SEEN_EVENTS = sa.select(events.c.seq).where(
+    events.c.site_id == sa.bindparam("site"),
+    events.c.seq.in_(sa.bindparam("seqs", expanding=True)),
+)
+_LAST_SEQ = sa.select(sa.func.max(telemetry.c.seq)).where(
+    telemetry.c.site_id == sa.bindparam("site"), telemetry.c.stream == sa.bindparam("stream")
+)
+_LAST_EVENT_SEQ = sa.select(sa.func.max(events.c.seq)).where(
+    events.c.site_id == sa.bindparam("site")
+)
+
+
+def _seen(conn: Connection, query: sa.Select[Any], items: Sequence[Any], **params: str) -> set[int]:
+    """The seqs of `items` already stored (one indexed query)."""
+    if not items:
+        return set()
+    return set(conn.scalars(query, {**params, "seqs": sorted({i.seq for i in items})}))
+
+
+def _new_only(items: Sequence[_T], seen: set[int]) -> list[_T]:
+    """The items whose seq is not stored yet, each seq once (a batch may repeat one)."""
+    seen = set(seen)
+    new: list[_T] = []
+    for item in items:
+        if item.seq not in seen:
+            seen.add(item.seq)
+            new.append(item)
+    return new
 
 
 def _sample_row(site_id: str, stream: str, s: TelemetrySample, now: datetime) -> dict[str, Any]:
