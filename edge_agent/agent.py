@@ -34,7 +34,7 @@ from bess.v1 import edgelink_pb2 as pb
 from . import __version__, convert
 from .config import SiteConfig
 from .convert import Ack, AckReason, ConfigPatch
-from .coordinator import Coordinator
+from .coordinator import Coordinator, CoordinatorUpdate
 from .executor import Executor, ExecutorEvent, ExecutorEventKind
 from .guard import GuardEvent, GuardLimits, GuardReason, SafetyGuard
 from .metrics import AgentMetrics
@@ -50,6 +50,11 @@ log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
 
+SAMPLE_LEAD_SHARE = 0.1
+"""How long before a sample is due the sampler watches for a fresh reading (share of the
+telemetry interval): the oldest a reading taken into a sample can be when polls keep pace."""
+SAMPLE_WAIT_SHARE = 0.85
+"""How long after its due time a sample waits for a reading, as a share of the interval."""
 STOP_STEP_TIMEOUT_S = 3.0
 """Each step of leaving the agent (a task ending, the 0 kW write, an outbox write) at most."""
 FLUSH_TIMEOUT_S = 3.0
@@ -194,6 +199,14 @@ class Agent:
             self.clock,
             priorities={q: list(order) for q, order in src.priorities.items()},
             stale_after_s=src.stale_after_s,
+        )
+        # Set when a source delivers readings (all sources feed the coordinator on the loop's
+        # thread): the sampler takes its sample right after one (see _sampler).
+        self._fresh = asyncio.Event()
+        self._stack.callback(
+            self.coordinator.subscribe(
+                lambda update: self._fresh.set() if update.readings else None
+            )
         )
         limits = cfg.guard_limits()
         if self.control.limits:
@@ -344,22 +357,42 @@ class Agent:
 
     # -- loops -------------------------------------------------------------------------------
 
+    def _on_update(self, update: CoordinatorUpdate) -> None:
+        if update.readings:
+            self._fresh.set()
+
     async def _sampler(self) -> None:
-        """Every telemetry interval: a sample into the outbox, events into the outbox."""
+        """Every telemetry interval: a sample into the outbox, events into the outbox.
+
+        Sampling on its own clock took whatever the last poll had read, on average half a poll
+        interval old and up to a whole one. So a sample waits for a reading: from
+        `SAMPLE_LEAD_SHARE` of the interval before it is due, the sampler watches for readings;
+        one that arrives before the due time is sampled at the due time (it is at most that
+        lead old), one after it is sampled at once; with none by `SAMPLE_WAIT_SHARE` of the
+        interval after the due time, the sample is taken with what there is. The due times
+        stay one interval apart, so the cadence never drifts, and a source that delivers
+        nothing costs a delay, never a sample.
+        """
         interval = self.config.telemetry.interval_s
         loop = asyncio.get_running_loop()
         next_due = loop.time()
         while True:
+            watch_from = next_due - interval * SAMPLE_LEAD_SHARE
+            if (ahead := watch_from - loop.time()) > 0:
+                await asyncio.sleep(ahead)
+            self._fresh.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout_at(next_due + interval * SAMPLE_WAIT_SHARE):
+                    await self._fresh.wait()
+            if (early := next_due - loop.time()) > 0:
+                await asyncio.sleep(early)
             try:
                 await self._sample_once()
             except Exception:  # never let bookkeeping stop the control loop
                 log.exception("telemetry sampling failed")
             next_due += interval
-            delay = next_due - loop.time()
-            if delay < 0:  # fell behind (slow disk): skip, don't burst
+            if next_due < loop.time():  # fell behind (slow disk): skip, don't burst
                 next_due = loop.time()
-                delay = 0
-            await asyncio.sleep(delay)
 
     async def _sample_once(self) -> None:
         now = self.clock()
