@@ -448,8 +448,7 @@ class RiskService:
         for status in self.statuses(limit, after, var_after):
             prior = old.get(status.kind)
             worse = prior is None or status.value_eur > prior.value_eur
-            if status.breached and worse:
-                self._observe(status)
+            if status.breached and worse:  # hypothetical: no gauge or alert (order.rejected)
                 label = "VaR" if status.kind is LimitKind.VAR else "mark-to-market loss"
                 level = f" {self.settings.limit_level:.1%}" if status.kind is LimitKind.VAR else ""
                 was = prior.value_eur if prior is not None else _ZERO
