@@ -18,7 +18,7 @@ from typing import Final
 
 from control_plane.exchange.models import DeliveryPeriod
 
-from .var import LEVELS, Kupiec
+from .var import LEVELS
 
 __all__ = [
     "EUR_CENT",
@@ -184,4 +184,3 @@ class VarResult:
     history_to: datetime | None
     figures: tuple[VarFigure, ...]
     seconds: float
-    backtest: tuple[Kupiec, ...] = ()
