@@ -21,9 +21,10 @@ open because orchestrator probes carry no key, so it says only "ready" or "unava
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import datetime
 from typing import Any
@@ -49,7 +50,7 @@ from .exchange.checks import checks_from_policy
 from .exchange.metrics import ExchangeMetrics
 from .exchange.models import PlacedOrder
 from .exchange.policy import Policy, load_policy
-from .exchange.service import Exchange, utc_now
+from .exchange.service import Exchange, PreTradeCheck, utc_now
 from .exchange.store import SqlOrderStore
 from .fleet import api as fleet_api
 from .fleet.edgelink import mtls_credentials, start_server
@@ -65,6 +66,10 @@ from .optimiser.forecasting import price_forecaster
 from .optimiser.service import OptimiserService
 from .optimiser.store import AutoSubmitStore
 from .pki import CertificateAuthority
+from .risk import api as risk_api
+from .risk.positions import FleetDispatch
+from .risk.service import RiskLimitCheck, RiskMetrics, RiskService, RiskSettings
+from .risk.store import LimitStore
 from .site_states import FleetSiteStates
 
 log = logging.getLogger(__name__)
@@ -98,6 +103,7 @@ def create_app(
     hub = EventHub(metrics=EventMetrics(registry))
     forecast = create_forecast_service(history=price_history, registry=registry)
     market_metrics = FeedMetrics(registry)
+    risk_metrics = RiskMetrics(registry)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -153,6 +159,25 @@ def create_app(
                 credentials=credentials,
             )
             stack.push_async_callback(_stop_grpc, server, fleet, settings.shutdown_grace_s)
+            # Risk (control_plane/risk): limits store, VaR from the exchange's trades, the
+            # fleet's schedules and the price store (set below); its limit check pre-trade.
+            risk = RiskService(
+                limits=LimitStore(engine),
+                trades=SqlOrderStore(engine),
+                prices=None,
+                dispatch=FleetDispatch(fleet_store, engine),
+                clock=clock,
+                settings=RiskSettings(
+                    window_days=settings.risk_window_days,
+                    limit_level=settings.risk_limit_level,
+                    limit_horizon_days=settings.risk_limit_horizon_days,
+                    alert_thresholds_pct=tuple(settings.risk_alert_thresholds_pct),
+                    history_ttl_s=settings.risk_history_ttl_s,
+                ),
+                metrics=risk_metrics,
+                publish=hub.publish,
+            )
+            await asyncio.to_thread(risk.limits_store.migrate)
             exchange = await asyncio.to_thread(
                 _open_exchange,
                 engine,
@@ -160,6 +185,7 @@ def create_app(
                 policy=policy,
                 sites=FleetSiteStates(fleet_store),
                 metrics=exchange_metrics,
+                extra_checks=[RiskLimitCheck(risk)],
             )
             # Market data: the price store and the scheduled feed (control_plane/market).
             prices, feed = await asyncio.to_thread(
@@ -167,6 +193,12 @@ def create_app(
             )
             await stack.enter_async_context(feed.running())
             app.state.prices = prices
+            risk.prices = prices
+            app.state.risk = risk
+            stack.push_async_callback(
+                _cancel,
+                asyncio.create_task(_evaluate_risk(risk, settings.risk_evaluate_interval_s)),
+            )
             app.state.market_feed = feed
             if price_history is None:  # forecasts and the optimiser read the feed's store
                 forecast.history = prices
@@ -286,6 +318,7 @@ def create_app(
     app.include_router(forecast_api.router)
     app.include_router(market_api.router)
     app.include_router(optimiser_api.router)
+    app.include_router(risk_api.router)
     return app
 
 
@@ -296,6 +329,7 @@ def _open_exchange(
     policy: Policy,
     sites: FleetSiteStates,
     metrics: ExchangeMetrics,
+    extra_checks: Sequence[PreTradeCheck] = (),
 ) -> Exchange:
     """Migrate the exchange tables on the shared engine and rebuild the books from them; the
     policy gives the markets, the pricing rule and the pre-trade checks (SoC feasibility
@@ -309,7 +343,10 @@ def _open_exchange(
         markets=policy.market_registry(),
         clock=clock,
         pricing=policy.pricing,
-        pre_trade_checks=checks_from_policy(policy, sites=sites, committed=store, clock=clock),
+        pre_trade_checks=[
+            *checks_from_policy(policy, sites=sites, committed=store, clock=clock),
+            *extra_checks,  # other services' checks (risk limits), after the policy's
+        ],
         metrics=metrics,
     )
 
@@ -325,6 +362,22 @@ def _edgelink_credentials(settings: PlaneSettings) -> grpc.ServerCredentials:
         ", ".join(settings.tls_names),
     )
     return mtls_credentials(key_pem=key_pem, cert_pem=cert_pem, ca_pem=ca.ca_pem)
+
+
+async def _evaluate_risk(risk: RiskService, interval_s: float) -> None:
+    """Evaluate the risk limits periodically (metrics, alerts); a failure is logged, not fatal."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            await asyncio.to_thread(risk.evaluate)
+        except Exception:  # a bad price or store hiccup must not end the loop
+            log.exception("risk: limit evaluation failed")
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def _stop_grpc(server: grpc.aio.Server, fleet: FleetService, grace_s: float) -> None:

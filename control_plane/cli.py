@@ -10,6 +10,7 @@
     bess-plane prices import FILE --zone BE | fetch --zone AT --start D --end D
                       | show --zone AT --day D | demo --zone AT --shape FILE   (market/cli.py)
     bess-plane backtest --prices FILE --battery ...   optimiser back-test (optimiser/cli.py)
+    bess-plane risk backtest --prices FILE [--zone BE]   Kupiec test of VaR (risk/cli.py)
 
 `keys` works on the store the settings name (same as `serve`, running or not). `create` and
 `rotate` print the new key alone on stdout, once (`KEY=$(bess-plane keys create ...)`); what
@@ -311,11 +312,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .optimiser.cli import add_backtest_parser, backtest_command
 
     add_backtest_parser(commands)
+    from .risk import cli as risk_cli  # risk back-test: files only, no settings
+
+    risk_cli.add_parser(commands)
     args = parser.parse_args(argv)
     if args.command == "forecast":
         return forecast_backtest(args.prices, args.zone, args.warmup_days)
     if args.command == "backtest":
         return backtest_command(args)
+    if args.command == "risk":
+        return risk_cli.risk_command(args)
     # --
     try:
         settings = load_settings(args.config)

@@ -161,6 +161,27 @@ class PlaneSettings(BaseSettings):
         "the server permits pings that often, else it answers GOAWAY too_many_pings",
     )
 
+    # -- risk (control_plane/risk): VaR limits, alerts, history ------------------------------
+    risk_window_days: int = Field(
+        default=250, ge=20, le=1000, description="days of price history behind VaR figures"
+    )
+    risk_limit_level: float = Field(
+        default=0.99, ge=0.9, lt=1.0, description="VaR level the VaR limits are checked at"
+    )
+    risk_limit_horizon_days: int = Field(
+        default=1, ge=1, le=30, description="VaR horizon of the limits and the metrics, days"
+    )
+    risk_alert_thresholds_pct: Annotated[list[float], NoDecode] = Field(
+        default=[75.0, 90.0, 100.0],
+        description="limit utilisations (%) whose upward crossing raises a risk.alert",
+    )
+    risk_history_ttl_s: float = Field(
+        default=300.0, ge=0, le=86400, description="how long a zone's price history is cached"
+    )
+    risk_evaluate_interval_s: float = Field(
+        default=60.0, ge=5, le=86400, description="seconds between two limit evaluations"
+    )
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -190,6 +211,22 @@ class PlaneSettings(BaseSettings):
                 return json.loads(value)
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @field_validator("risk_alert_thresholds_pct", mode="before")
+    @classmethod
+    def _thresholds_from_text(cls, value: Any) -> Any:
+        if isinstance(value, str):  # the environment: "75,90,100" or a JSON list
+            if value.lstrip().startswith("["):
+                return json.loads(value)
+            return [float(part) for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("risk_alert_thresholds_pct")
+    @classmethod
+    def _sane_thresholds(cls, value: list[float]) -> list[float]:
+        if not value or any(not 0 < t <= 1000 for t in value):
+            raise ValueError("risk_alert_thresholds_pct needs values in (0, 1000], e.g. 75,90,100")
+        return sorted(set(value))
 
     @field_validator("market_zones")
     @classmethod

@@ -61,6 +61,7 @@ EVENT_TYPES: Final = frozenset(
         "alarm",
         "site.connected",
         "site.disconnected",
+        "risk.alert",  # control_plane/risk: a limit's utilisation crossed a threshold
     }
 )
 """Every type the hub publishes; a subscriber filters by these or by their prefix (`order`)."""

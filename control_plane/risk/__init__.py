@@ -1,0 +1,1 @@
+"""Risk: portfolio positions, VaR / expected shortfall, limits and the Kupiec back-test."""

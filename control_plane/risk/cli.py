@@ -1,0 +1,95 @@
+"""`bess-plane risk backtest`: the Kupiec back-test of 1-day historical VaR over a price file.
+
+    bess-plane risk backtest --prices FILE [--zone BE] [--window 250] [--profile baseload]
+        [--mw 1] [CSV format options]
+
+Profiles (MW per quarter-hour, long): `baseload` (every quarter), `peak` (08:00-20:00 UTC),
+`spread` (long 00:00-06:00, short 16:00-22:00 UTC: a battery's charge/discharge day). Works on
+files only, without the plane's settings or store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .var import FloatArray
+
+__all__ = ["PROFILES", "add_parser", "profile", "risk_command"]
+
+PROFILES = ("baseload", "peak", "spread")
+
+
+def profile(name: str, mw: float) -> FloatArray:
+    """MWh per quarter-hour slot of a named profile at `mw`."""
+    q = np.zeros(96)
+    if name == "baseload":
+        q[:] = 1.0
+    elif name == "peak":
+        q[32:80] = 1.0
+    elif name == "spread":
+        q[0:24] = 1.0
+        q[64:88] = -1.0
+    else:
+        raise ValueError(f"unknown profile {name!r}: use one of {', '.join(PROFILES)}")
+    return q * mw * 0.25
+
+
+def add_parser(commands: Any) -> None:
+    risk = commands.add_parser("risk", help="risk: VaR back-test")
+    sub = risk.add_subparsers(dest="risk_command", required=True).add_parser(
+        "backtest", help="Kupiec POF test of 1-day historical VaR (95/99/99.5 %%) over a CSV"
+    )
+    sub.add_argument("--prices", type=Path, required=True, help="price CSV (read_price_csv)")
+    sub.add_argument("--zone", default="BE", help="bidding zone of the file (default BE)")
+    sub.add_argument("--window", type=int, default=250, help="scenario days per forecast")
+    sub.add_argument("--profile", choices=PROFILES, default="baseload")
+    sub.add_argument("--mw", type=float, default=1.0, help="position size, MW")
+    fmt = sub.add_argument_group("CSV format (defaults read the shared Belgian file)")
+    fmt.add_argument("--time-column", default="time")
+    fmt.add_argument("--price-column", default="DAM_price")
+    fmt.add_argument("--time-format", default="%d%b%Y %H:%M:%S", help="strptime, or iso")
+    fmt.add_argument("--timezone", default="Europe/Brussels", help="of times without offset")
+    fmt.add_argument("--unit", default="EUR/kWh", help="EUR/MWh, EUR/kWh or ct/kWh")
+
+
+def risk_command(args: argparse.Namespace) -> int:
+    from control_plane.market.csv_import import CsvFormat, read_price_csv
+    from control_plane.market.models import MarketDataError
+
+    from .history import DailyPrices
+    from .models import RiskError
+    from .service import backtest
+
+    try:
+        fmt = CsvFormat(
+            time_column=args.time_column,
+            price_column=args.price_column,
+            time_format=args.time_format,
+            timezone=args.timezone,
+            unit=args.unit,
+        )
+        points = read_price_csv(args.prices, zone_code=args.zone, fmt=fmt).points
+        daily = DailyPrices.from_points(args.zone, points)
+        result = backtest(daily, profile(args.profile, args.mw), window_days=args.window)
+    except (MarketDataError, RiskError, ValueError, OSError) as exc:
+        print(f"bess-plane risk backtest: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"{result.zone}: {args.profile} {args.mw:g} MW, 1-day historical VaR on "
+        f"{result.window_days}-day windows, test days {result.first_day} .. {result.last_day}"
+    )
+    print(
+        f"{'level':>7} {'days':>5} {'exceptions':>10} {'expected':>8} {'LR':>7} {'p':>7}  verdict"
+    )
+    for k in result.results:
+        verdict = "accepted" if k.accepted() else "REJECTED (5 %)"
+        print(
+            f"{k.level:>7.1%} {k.observations:>5} {k.exceptions:>10} "
+            f"{k.expected_exceptions:>8.1f} {k.lr_statistic:>7.2f} {k.p_value:>7.3f}  {verdict}"
+        )
+    return 0
