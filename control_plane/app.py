@@ -23,8 +23,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from datetime import datetime
 from typing import Any
 
@@ -43,12 +43,15 @@ from .auth.keys import KeyStore
 from .auth.service import AuthMetrics, AuthService
 from .auth.signing import HmacVerifier
 from .config import PlaneSettings
+from .credit import api as credit_api
+from .credit.service import CreditMetrics, CreditService
+from .credit.store import CreditStore
 from .events import EventHub, EventMetrics, TelemetryCoalescer
 from .exchange import api as exchange_api
 from .exchange.checks import checks_from_policy
 from .exchange.metrics import ExchangeMetrics
 from .exchange.policy import Policy, load_policy
-from .exchange.service import Exchange, utc_now
+from .exchange.service import Exchange, PreTradeCheck, utc_now
 from .exchange.store import SqlOrderStore
 from .fleet import api as fleet_api
 from .fleet.edgelink import mtls_credentials, start_server
@@ -96,6 +99,7 @@ def create_app(
     hub = EventHub(metrics=EventMetrics(registry))
     forecast = create_forecast_service(history=price_history, registry=registry)
     market_metrics = FeedMetrics(registry)
+    credit_metrics = CreditMetrics(registry)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -151,6 +155,20 @@ def create_app(
                 credentials=credentials,
             )
             stack.push_async_callback(_stop_grpc, server, fleet, settings.shutdown_grace_s)
+            # Credit (control_plane/credit): master data, settlements, exposure from the
+            # exchange's committed trades; its pre-trade check joins the exchange's checks.
+            credit = CreditService(
+                store=CreditStore(engine),
+                trades=SqlOrderStore(engine),
+                clock=clock,
+                addon_pct=settings.credit_pfe_addon_pct,
+                default_thresholds_pct=settings.credit_alert_thresholds_pct,
+                require_counterparty=settings.credit_require_counterparty,
+                metrics=credit_metrics,
+                on_alert=lambda alert: hub.publish("credit.alert", alert.as_event()),
+            )
+            await asyncio.to_thread(credit.open)
+            app.state.credit = credit
             exchange = await asyncio.to_thread(
                 _open_exchange,
                 engine,
@@ -158,6 +176,10 @@ def create_app(
                 policy=policy,
                 sites=FleetSiteStates(fleet_store),
                 metrics=exchange_metrics,
+                extra_checks=[credit.check],
+            )
+            stack.enter_context(
+                _every(credit.refresh, settings.credit_refresh_interval_s, "credit refresh")
             )
             # Market data: the price store and the scheduled feed (control_plane/market).
             prices, feed = await asyncio.to_thread(
@@ -272,6 +294,7 @@ def create_app(
     app.include_router(forecast_api.router)
     app.include_router(market_api.router)
     app.include_router(optimiser_api.router)
+    app.include_router(credit_api.router)
     return app
 
 
@@ -282,6 +305,7 @@ def _open_exchange(
     policy: Policy,
     sites: FleetSiteStates,
     metrics: ExchangeMetrics,
+    extra_checks: Sequence[PreTradeCheck] = (),
 ) -> Exchange:
     """Migrate the exchange tables on the shared engine and rebuild the books from them; the
     policy gives the markets, the pricing rule and the pre-trade checks (SoC feasibility
@@ -295,7 +319,10 @@ def _open_exchange(
         markets=policy.market_registry(),
         clock=clock,
         pricing=policy.pricing,
-        pre_trade_checks=checks_from_policy(policy, sites=sites, committed=store, clock=clock),
+        pre_trade_checks=[
+            *checks_from_policy(policy, sites=sites, committed=store, clock=clock),
+            *extra_checks,  # services' checks (credit, ...): they read the committed store
+        ],
         metrics=metrics,
     )
 
@@ -311,6 +338,26 @@ def _edgelink_credentials(settings: PlaneSettings) -> grpc.ServerCredentials:
         ", ".join(settings.tls_names),
     )
     return mtls_credentials(key_pem=key_pem, cert_pem=cert_pem, ca_pem=ca.ca_pem)
+
+
+@contextmanager
+def _every(job: Callable[[], object], interval_s: float, what: str) -> Iterator[None]:
+    """Run blocking `job` in a worker thread every `interval_s` while the context is open;
+    a failing run is logged and the next one tries again."""
+
+    async def loop() -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await asyncio.to_thread(job)
+            except Exception:
+                log.exception("%s failed", what)
+
+    task = asyncio.get_running_loop().create_task(loop(), name=what)
+    try:
+        yield
+    finally:
+        task.cancel()
 
 
 async def _stop_grpc(server: grpc.aio.Server, fleet: FleetService, grace_s: float) -> None:
