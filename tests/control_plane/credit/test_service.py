@@ -274,3 +274,19 @@ def test_master_data_and_validation(desk: Desk) -> None:
         desk.credit.counterparty("CP-A")
     with pytest.raises(CounterpartyNotFoundError):
         desk.credit.delete_counterparty("CP-A")
+
+
+def test_ledger_catches_up_across_pages(desk: Desk, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("control_plane.credit.service._PAGE", 3)
+
+    def trade_pair() -> None:
+        desk.exchange.place_order(order=order("SELL", "1", "40", counterparty="CP-B"))
+        desk.exchange.place_order(order=order("BUY", "1", "40", counterparty="CP-A"))
+
+    trade_pair()
+    assert desk.credit.exposure("CP-A").unsettled_trades == 1
+    for _ in range(7):  # more new trades than one page holds
+        trade_pair()
+    a = desk.credit.exposure("CP-A")
+    assert a.unsettled_trades == 8 and a.receivable_eur == 8 * d("10")
+    assert desk.credit.exposure("CP-B").payable_eur == d("80")
