@@ -21,11 +21,10 @@ open because orchestrator probes carry no key, so it says only "ready" or "unava
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from datetime import datetime
 from typing import Any
 
@@ -44,6 +43,9 @@ from .auth.keys import KeyStore
 from .auth.service import AuthMetrics, AuthService
 from .auth.signing import HmacVerifier
 from .config import PlaneSettings
+from .credit import api as credit_api
+from .credit.service import CreditMetrics, CreditService
+from .credit.store import CreditStore
 from .events import EventHub, EventMetrics, TelemetryCoalescer
 from .exchange import api as exchange_api
 from .exchange.checks import checks_from_policy
@@ -104,6 +106,7 @@ def create_app(
     forecast = create_forecast_service(history=price_history, registry=registry)
     market_metrics = FeedMetrics(registry)
     risk_metrics = RiskMetrics(registry)
+    credit_metrics = CreditMetrics(registry)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -178,6 +181,20 @@ def create_app(
                 publish=hub.publish,
             )
             await asyncio.to_thread(risk.limits_store.migrate)
+            # Credit (control_plane/credit): master data, settlements, exposure from the
+            # exchange's committed trades; its pre-trade check joins the exchange's checks.
+            credit = CreditService(
+                store=CreditStore(engine),
+                trades=SqlOrderStore(engine),
+                clock=clock,
+                addon_pct=settings.credit_pfe_addon_pct,
+                default_thresholds_pct=settings.credit_alert_thresholds_pct,
+                require_counterparty=settings.credit_require_counterparty,
+                metrics=credit_metrics,
+                on_alert=lambda alert: hub.publish("credit.alert", alert.as_event()),
+            )
+            await asyncio.to_thread(credit.open)
+            app.state.credit = credit
             exchange = await asyncio.to_thread(
                 _open_exchange,
                 engine,
@@ -185,7 +202,10 @@ def create_app(
                 policy=policy,
                 sites=FleetSiteStates(fleet_store),
                 metrics=exchange_metrics,
-                extra_checks=[RiskLimitCheck(risk)],
+                extra_checks=[RiskLimitCheck(risk), credit.check],
+            )
+            stack.enter_context(
+                _every(credit.refresh, settings.credit_refresh_interval_s, "credit refresh")
             )
             # Market data: the price store and the scheduled feed (control_plane/market).
             prices, feed = await asyncio.to_thread(
@@ -195,9 +215,8 @@ def create_app(
             app.state.prices = prices
             risk.prices = prices
             app.state.risk = risk
-            stack.push_async_callback(
-                _cancel,
-                asyncio.create_task(_evaluate_risk(risk, settings.risk_evaluate_interval_s)),
+            stack.enter_context(
+                _every(risk.evaluate, settings.risk_evaluate_interval_s, "risk limit evaluation")
             )
             app.state.market_feed = feed
             if price_history is None:  # forecasts and the optimiser read the feed's store
@@ -319,6 +338,7 @@ def create_app(
     app.include_router(market_api.router)
     app.include_router(optimiser_api.router)
     app.include_router(risk_api.router)
+    app.include_router(credit_api.router)
     return app
 
 
@@ -345,7 +365,7 @@ def _open_exchange(
         pricing=policy.pricing,
         pre_trade_checks=[
             *checks_from_policy(policy, sites=sites, committed=store, clock=clock),
-            *extra_checks,  # other services' checks (risk limits), after the policy's
+            *extra_checks,  # services' checks (risk limits, credit): they read the committed store
         ],
         metrics=metrics,
     )
@@ -364,20 +384,24 @@ def _edgelink_credentials(settings: PlaneSettings) -> grpc.ServerCredentials:
     return mtls_credentials(key_pem=key_pem, cert_pem=cert_pem, ca_pem=ca.ca_pem)
 
 
-async def _evaluate_risk(risk: RiskService, interval_s: float) -> None:
-    """Evaluate the risk limits periodically (metrics, alerts); a failure is logged, not fatal."""
-    while True:
-        await asyncio.sleep(interval_s)
-        try:
-            await asyncio.to_thread(risk.evaluate)
-        except Exception:  # a bad price or store hiccup must not end the loop
-            log.exception("risk: limit evaluation failed")
+@contextmanager
+def _every(job: Callable[[], object], interval_s: float, what: str) -> Iterator[None]:
+    """Run blocking `job` in a worker thread every `interval_s` while the context is open;
+    a failing run is logged and the next one tries again."""
 
+    async def loop() -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await asyncio.to_thread(job)
+            except Exception:
+                log.exception("%s failed", what)
 
-async def _cancel(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    task = asyncio.get_running_loop().create_task(loop(), name=what)
+    try:
+        yield
+    finally:
+        task.cancel()
 
 
 async def _stop_grpc(server: grpc.aio.Server, fleet: FleetService, grace_s: float) -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
@@ -44,6 +45,7 @@ from pydantic_settings import (
 )
 
 from .auth.models import Role
+from .credit.models import CreditError, thresholds
 from .market.models import UnknownZoneError, zone
 
 ENV_PREFIX = "BESS_PLANE_"
@@ -154,6 +156,29 @@ class PlaneSettings(BaseSettings):
         validation_alias=AliasChoices("UPDATE_INTERVAL", "update_interval_s"),
         description="seconds between two market-feed runs per source and zone",
     )
+    # Credit (control_plane/credit): counterparty exposure, utilisation alerts, pre-trade check.
+    credit_alert_thresholds_pct: Annotated[list[Decimal], NoDecode] = Field(
+        default=[Decimal(75), Decimal(90)],
+        description="utilisation (% of the limit) at which a counterparty alerts, once per "
+        "crossing; a counterparty's own thresholds win",
+    )
+    credit_pfe_addon_pct: Decimal = Field(
+        default=Decimal(10),
+        ge=0,
+        le=100,
+        description="price-move add-on of the potential future exposure, in % of the notional "
+        "of open orders and undelivered trades",
+    )
+    credit_require_counterparty: bool = Field(
+        default=False,
+        description="reject orders of counterparties without credit master data",
+    )
+    credit_refresh_interval_s: float = Field(
+        default=5.0,
+        ge=0.1,
+        le=3600,
+        description="seconds between two evaluations of every exposure (gauges, alerts)",
+    )
     agent_keepalive_time_s: float = Field(
         default=10.0,
         ge=1.0,
@@ -202,7 +227,13 @@ class PlaneSettings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
-    @field_validator("market_zones", "market_sources", "market_source_priority", mode="before")
+    @field_validator(
+        "market_zones",
+        "market_sources",
+        "market_source_priority",
+        "credit_alert_thresholds_pct",
+        mode="before",
+    )
     @classmethod
     def _list_from_text(cls, value: Any) -> Any:
         # From the environment: a JSON list or simpler "AT,DE_LU".
@@ -248,6 +279,14 @@ class PlaneSettings(BaseSettings):
                     f"{name!r} is not a source name (lower-case letters, digits, _; e.g. entsoe)"
                 )
         return value
+
+    @field_validator("credit_alert_thresholds_pct")
+    @classmethod
+    def _credit_thresholds(cls, value: list[Decimal]) -> list[Decimal]:
+        try:
+            return list(thresholds(value, "credit_alert_thresholds_pct"))
+        except CreditError as exc:
+            raise ValueError(str(exc)) from None
 
     @field_validator("sqlite_synchronous", mode="before")
     @classmethod
