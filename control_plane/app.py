@@ -42,6 +42,8 @@ from .auth import deps as auth_deps
 from .auth.keys import KeyStore
 from .auth.service import AuthMetrics, AuthService
 from .auth.signing import HmacVerifier
+from .billing import api as billing_api
+from .billing.service import BillingMetrics, open_billing
 from .config import PlaneSettings
 from .events import EventHub, EventMetrics, TelemetryCoalescer
 from .exchange import api as exchange_api
@@ -96,6 +98,7 @@ def create_app(
     hub = EventHub(metrics=EventMetrics(registry))
     forecast = create_forecast_service(history=price_history, registry=registry)
     market_metrics = FeedMetrics(registry)
+    billing_metrics = BillingMetrics(registry)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -179,6 +182,10 @@ def create_app(
                 clock=clock,
                 forecaster=price_forecaster(),  # the Forecast API's model (ridge)
                 forecast_history_days=FORECAST_HISTORY_DAYS,
+            )
+            # Billing: invoices from the exchange's trades (control_plane/billing).
+            app.state.billing = await asyncio.to_thread(
+                open_billing, engine, settings, clock=clock, metrics=billing_metrics
             )
             app.state.engine = engine
             app.state.fleet = fleet
@@ -272,6 +279,7 @@ def create_app(
     app.include_router(forecast_api.router)
     app.include_router(market_api.router)
     app.include_router(optimiser_api.router)
+    app.include_router(billing_api.router)
     return app
 
 
