@@ -209,7 +209,8 @@ class BillingService:
         issue = now.astimezone(self._config.zone).date()
         due = due_date(issue, self._config.payment_days)
         return tx.insert(
-            NewInvoice(
+            number_prefix=self._config.number_prefix,
+            new=NewInvoice(
                 kind=InvoiceKind.INVOICE,
                 period=period,
                 counterparty=draft.counterparty,
@@ -230,13 +231,14 @@ class BillingService:
                 note=self._note(
                     None if replaces is None else f"Replaces invoice {replaces.number}."
                 ),
-            )
+            ),
         )
 
     def _credit_note(self, tx: Issuing, original: Invoice, now: datetime) -> Invoice:
         issue = now.astimezone(self._config.zone).date()
         return tx.insert(
-            NewInvoice(
+            number_prefix=self._config.number_prefix,
+            new=NewInvoice(
                 kind=InvoiceKind.CREDIT_NOTE,
                 period=original.period,
                 counterparty=original.counterparty,
@@ -258,7 +260,7 @@ class BillingService:
                     f"Reverses invoice {original.number} of {original.issue_date.isoformat()} "
                     "in full."
                 ),
-            )
+            ),
         )
 
     def invoice(self, invoice_id: int) -> Invoice:
@@ -329,7 +331,7 @@ def open_billing(
 ) -> BillingService:
     """Migrate the billing tables on the shared engine; the service reads the exchange's trades."""
     config = billing_config(settings)
-    store = BillingStore(engine, number_prefix=config.number_prefix)
+    store = BillingStore(engine)
     applied = store.migrate()
     if applied:
         log.info("billing: store migrated to version %d", applied[-1])

@@ -178,16 +178,16 @@ class NewInvoice:
 class Issuing:
     """One issuing transaction holding the billing lock (from `BillingStore.issuing()`)."""
 
-    def __init__(self, conn: Connection, prefix: str) -> None:
+    def __init__(self, conn: Connection) -> None:
         self._conn = conn
-        self._prefix = prefix
 
     def current(self, period: Period, counterparty: str | None = None) -> list[Invoice]:
         """The period's current invoices (not corrected), by counterparty."""
         return _current(self._conn, period, counterparty)
 
-    def next_number(self, year: int) -> str:
-        name = f"{self._prefix}-{year:04d}"
+    def next_number(self, prefix: str, year: int) -> str:
+        """The next number of the series `<prefix>-<year>` (the first is 000001)."""
+        name = f"{prefix}-{year:04d}"
         number = self._conn.scalar(
             series.update()
             .where(series.c.series == name)
@@ -199,8 +199,9 @@ class Issuing:
             number = 1
         return f"{name}-{int(number):06d}"
 
-    def insert(self, new: NewInvoice) -> Invoice:
-        number = self.next_number(new.issue_date.year)
+    def insert(self, new: NewInvoice, *, number_prefix: str) -> Invoice:
+        """Store `new` under the next number of its prefix and issue year."""
+        number = self.next_number(number_prefix, new.issue_date.year)
         invoice_id = self._conn.scalar(
             invoices.insert()
             .values(
@@ -276,9 +277,8 @@ class Issuing:
 class BillingStore:
     """Invoices in SQLite or PostgreSQL; every method is one transaction."""
 
-    def __init__(self, engine: Engine, *, number_prefix: str = "PHO") -> None:
+    def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        self._prefix = number_prefix
 
     @property
     def engine(self) -> Engine:
@@ -294,7 +294,7 @@ class BillingStore:
         with _transaction(db.for_writes(self._engine)) as conn:
             if conn.dialect.name == "postgresql":
                 conn.execute(sa.select(sa.func.pg_advisory_xact_lock(BILLING_LOCK_KEY)))
-            yield Issuing(conn, self._prefix)
+            yield Issuing(conn)
 
     def get(self, invoice_id: int) -> Invoice | None:
         with _transaction(self._engine) as conn:
