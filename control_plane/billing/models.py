@@ -147,6 +147,8 @@ class BillingConfig:
         problems = []
         if not Decimal(0) <= self.vat_rate_pct <= Decimal(100):
             problems.append(f"vat_rate_pct {self.vat_rate_pct} must be in [0, 100]")
+        elif self.vat_rate_pct != self.vat_rate_pct.quantize(Decimal("0.001")):
+            problems.append(f"vat_rate_pct {self.vat_rate_pct} has more than 3 decimals")
         if not 0 <= self.payment_days <= 365:
             problems.append(f"payment_days {self.payment_days} must be in [0, 365]")
         if not _PREFIX.fullmatch(self.number_prefix):
@@ -284,13 +286,14 @@ class GenerateResult:
 # -- arithmetic -----------------------------------------------------------------------------
 
 
-def counterparties(trades: Iterable[Trade]) -> list[str]:
-    """Every counterparty of the trades, sorted."""
-    names: set[str] = set()
+def trades_by_counterparty(trades: Iterable[Trade]) -> dict[str, list[Trade]]:
+    """Each counterparty's trades (a self-match is listed once)."""
+    found: dict[str, list[Trade]] = {}
     for trade in trades:
-        names.add(trade.buy_counterparty)
-        names.add(trade.sell_counterparty)
-    return sorted(names)
+        found.setdefault(trade.buy_counterparty, []).append(trade)
+        if trade.sell_counterparty != trade.buy_counterparty:
+            found.setdefault(trade.sell_counterparty, []).append(trade)
+    return found
 
 
 def draft_invoice(

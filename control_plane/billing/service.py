@@ -46,9 +46,9 @@ from control_plane.billing.models import (
     InvoiceStats,
     Party,
     Period,
-    counterparties,
     draft_invoice,
     due_date,
+    trades_by_counterparty,
 )
 from control_plane.billing.pdf import render_invoice
 from control_plane.billing.store import BillingStore, Issuing, NewInvoice
@@ -125,12 +125,13 @@ class BillingService:
                 f"{self._config.timezone}): invoices cover whole months, generate them after"
             )
         trades = self._trades.list_trades(delivery_from=start, delivery_to=end)
-        names = counterparties(trades) if counterparty is None else [counterparty]
+        by_counterparty = trades_by_counterparty(trades)
+        names = sorted(by_counterparty) if counterparty is None else [counterparty]
         drafts: dict[str, InvoiceDraft] = {}
         for name in names:
             draft = draft_invoice(
                 counterparty=name,
-                trades=trades,
+                trades=by_counterparty.get(name, ()),
                 vat_rate_pct=self._config.vat_rate_pct,
                 tz=tz,
             )

@@ -64,6 +64,8 @@ def test_periods() -> None:
 def test_the_configuration_refuses_contradictions() -> None:
     with pytest.raises(ValueError, match=r"vat_rate_pct 101 must be in \[0, 100\]"):
         BillingConfig(issuer=Party("X"), vat_rate_pct=Decimal(101))
+    with pytest.raises(ValueError, match="more than 3 decimals"):
+        BillingConfig(issuer=Party("X"), vat_rate_pct=Decimal("19.0001"))
     with pytest.raises(ValueError, match="timezone 'Mars/Base'"):
         BillingConfig(issuer=Party("X"), timezone="Mars/Base")
     with pytest.raises(ValueError, match="number_prefix 'inv'"):
