@@ -50,6 +50,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.price_parse
 	$(BIN)/python -m bench.optimiser
 	$(BIN)/python -m bench.risk_var
+	$(BIN)/python -m bench.billing
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -42,6 +42,8 @@ from .auth import deps as auth_deps
 from .auth.keys import KeyStore
 from .auth.service import AuthMetrics, AuthService
 from .auth.signing import HmacVerifier
+from .billing import api as billing_api
+from .billing.service import BillingMetrics, open_billing
 from .config import PlaneSettings
 from .credit import api as credit_api
 from .credit.service import CreditMetrics, CreditService
@@ -107,6 +109,7 @@ def create_app(
     market_metrics = FeedMetrics(registry)
     risk_metrics = RiskMetrics(registry)
     credit_metrics = CreditMetrics(registry)
+    billing_metrics = BillingMetrics(registry)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -245,6 +248,10 @@ def create_app(
                 on_placed=publish_placement,
                 switches=auto_submit,
             )
+            # Billing: invoices from the exchange's trades (control_plane/billing).
+            app.state.billing = await asyncio.to_thread(
+                open_billing, engine, settings, clock=clock, metrics=billing_metrics
+            )
             app.state.engine = engine
             app.state.fleet = fleet
             app.state.exchange = exchange
@@ -339,6 +346,7 @@ def create_app(
     app.include_router(optimiser_api.router)
     app.include_router(risk_api.router)
     app.include_router(credit_api.router)
+    app.include_router(billing_api.router)
     return app
 
 

@@ -26,10 +26,13 @@ import re
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import (
     AliasChoices,
+    BaseModel,
+    ConfigDict,
     Field,
     SecretStr,
     ValidationError,
@@ -57,6 +60,19 @@ HOW_TO_GENERATE = 'python -c "import secrets; print(secrets.token_urlsafe(32))"'
 
 class SettingsError(ValueError):
     """The settings cannot be used; the message names every problem, one per line."""
+
+
+class BillingParty(BaseModel):
+    """An invoice issuer or recipient as printed (`billing_issuer`, `billing_recipients`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, max_length=200)
+    address: list[str] = Field(default_factory=list, max_length=8)
+    vat_id: str | None = Field(default=None, max_length=32)
+    iban: str | None = Field(default=None, max_length=42)
+    bic: str | None = Field(default=None, max_length=11)
+    email: str | None = Field(default=None, max_length=200)
 
 
 class PlaneSettings(BaseSettings):
@@ -179,6 +195,41 @@ class PlaneSettings(BaseSettings):
         le=3600,
         description="seconds between two evaluations of every exposure (gauges, alerts)",
     )
+    # Billing (control_plane/billing): who issues the invoices, VAT, payment terms, numbering,
+    # and the recipients' addresses per counterparty id (a counterparty missing here is
+    # invoiced under its id, and generation says so).
+    billing_issuer: BillingParty = Field(
+        default=BillingParty(name="Phoenyra BESS Trade"),
+        description="the invoice issuer: name, address lines, vat_id, iban, bic, email",
+    )
+    billing_vat_rate_pct: Decimal = Field(
+        default=Decimal(20),
+        ge=0,
+        le=100,
+        decimal_places=3,
+        description="VAT rate in % on every invoice (20: Austria; 0 with a reverse-charge note)",
+    )
+    billing_vat_note: str | None = Field(
+        default=None,
+        max_length=300,
+        description="printed on every invoice, e.g. 'Reverse charge: the recipient owes the VAT'",
+    )
+    billing_payment_days: int = Field(
+        default=14, ge=0, le=365, description="days from the invoice date to the due date"
+    )
+    billing_number_prefix: str = Field(
+        default="PHO",
+        pattern=r"^[A-Z0-9]{1,12}$",
+        description="invoice numbers are <prefix>-<year>-<nnnnnn>, gapless per year",
+    )
+    billing_timezone: str = Field(
+        default="Europe/Vienna",
+        description="time zone of billing months, delivery days and invoice dates",
+    )
+    billing_recipients: dict[str, BillingParty] = Field(
+        default_factory=dict,
+        description="recipient per counterparty id: {ACME: {name, address, vat_id, ...}}",
+    )
     agent_keepalive_time_s: float = Field(
         default=10.0,
         ge=1.0,
@@ -287,6 +338,15 @@ class PlaneSettings(BaseSettings):
             return list(thresholds(value, "credit_alert_thresholds_pct"))
         except CreditError as exc:
             raise ValueError(str(exc)) from None
+
+    @field_validator("billing_timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{value!r} is not an IANA time zone (e.g. Europe/Vienna)") from None
+        return value
 
     @field_validator("sqlite_synchronous", mode="before")
     @classmethod
