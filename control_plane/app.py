@@ -56,6 +56,9 @@ from .fleet.service import FleetMetrics, FleetService
 from .fleet.store import FleetStore
 from .forecast import api as forecast_api
 from .forecast.service import PriceHistory, create_forecast_service
+from .grid import api as grid_api
+from .grid.checks import GridCapacity
+from .grid.service import GridMetrics, GridService, open_grid
 from .market import api as market_api
 from .market.feed import FeedMetrics, open_market
 from .optimiser import api as optimiser_api
@@ -96,6 +99,7 @@ def create_app(
     hub = EventHub(metrics=EventMetrics(registry))
     forecast = create_forecast_service(history=price_history, registry=registry)
     market_metrics = FeedMetrics(registry)
+    grid_metrics = GridMetrics(registry)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -127,6 +131,8 @@ def create_app(
             def on_fleet_event(event_type: str, data: Mapping[str, Any]) -> None:
                 if event_type == "telemetry":
                     telemetry.offer(str(data["site_id"]), data)
+                    if (grid := getattr(app.state, "grid", None)) is not None:
+                        grid.observe_telemetry(data)  # frequency per area, alerts
                 else:
                     hub.publish(event_type, data)
 
@@ -151,6 +157,19 @@ def create_app(
                 credentials=credentials,
             )
             stack.push_async_callback(_stop_grpc, server, fleet, settings.shutdown_grace_s)
+            # Grid: frequency from the fleet's telemetry, load/flows (ENTSO-E with a token),
+            # constraints; they feed the pre-trade checks and the optimiser.
+            grid = open_grid(
+                engine,
+                fleet_store,
+                settings,
+                clock=clock,
+                metrics=grid_metrics,
+                on_alert=hub.publish,
+            )
+            await grid.open()
+            stack.push_async_callback(grid.close)
+            app.state.grid = grid
             exchange = await asyncio.to_thread(
                 _open_exchange,
                 engine,
@@ -158,6 +177,7 @@ def create_app(
                 policy=policy,
                 sites=FleetSiteStates(fleet_store),
                 metrics=exchange_metrics,
+                grid=grid,
             )
             # Market data: the price store and the scheduled feed (control_plane/market).
             prices, feed = await asyncio.to_thread(
@@ -179,6 +199,7 @@ def create_app(
                 clock=clock,
                 forecaster=price_forecaster(),  # the Forecast API's model (ridge)
                 forecast_history_days=FORECAST_HISTORY_DAYS,
+                grid_limit_kw=grid.limit_kw,  # clamped to active grid constraints
             )
             app.state.engine = engine
             app.state.fleet = fleet
@@ -272,6 +293,7 @@ def create_app(
     app.include_router(forecast_api.router)
     app.include_router(market_api.router)
     app.include_router(optimiser_api.router)
+    app.include_router(grid_api.router)
     return app
 
 
@@ -282,6 +304,7 @@ def _open_exchange(
     policy: Policy,
     sites: FleetSiteStates,
     metrics: ExchangeMetrics,
+    grid: GridService,
 ) -> Exchange:
     """Migrate the exchange tables on the shared engine and rebuild the books from them; the
     policy gives the markets, the pricing rule and the pre-trade checks (SoC feasibility
@@ -295,7 +318,10 @@ def _open_exchange(
         markets=policy.market_registry(),
         clock=clock,
         pricing=policy.pricing,
-        pre_trade_checks=checks_from_policy(policy, sites=sites, committed=store, clock=clock),
+        pre_trade_checks=[
+            *checks_from_policy(policy, sites=sites, committed=store, clock=clock),
+            GridCapacity(grid=grid, committed=store),
+        ],
         metrics=metrics,
     )
 

@@ -3,9 +3,9 @@
 Event shape (JSON): ``{"seq": 42, "type": "trade", "ts": "2025-11-03T08:00:00.123+00:00",
 "data": {...}}``. Types: `order.accepted`, `order.rejected`, `order.partially_filled`,
 `order.filled`, `order.cancelled`, `trade`, `telemetry`, `alarm`, `site.connected`,
-`site.disconnected` (`EVENT_TYPES`). `seq` grows by one per published event, in the order
-subscribers receive them, so a client sees a gap when it was dropped (and after a restart of
-the plane `seq` starts again at 1).
+`site.disconnected`, `grid.alert` (`EVENT_TYPES`). `seq` grows by one per published event, in
+the order subscribers receive them, so a client sees a gap when it was dropped (and after a
+restart of the plane `seq` starts again at 1).
 
 **Threads.** `publish` may be called from any thread (the matching engine and the stores run in
 worker threads): it hands the event to the hub's event loop with `call_soon_threadsafe`, and
@@ -61,6 +61,7 @@ EVENT_TYPES: Final = frozenset(
         "alarm",
         "site.connected",
         "site.disconnected",
+        "grid.alert",
     }
 )
 """Every type the hub publishes; a subscriber filters by these or by their prefix (`order`)."""
