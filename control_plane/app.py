@@ -62,6 +62,9 @@ from .fleet.service import FleetMetrics, FleetService
 from .fleet.store import FleetStore
 from .forecast import api as forecast_api
 from .forecast.service import PriceHistory, create_forecast_service
+from .grid import api as grid_api
+from .grid.checks import GridCapacity
+from .grid.service import GridMetrics, GridService, open_grid
 from .market import api as market_api
 from .market.feed import FeedMetrics, open_market
 from .optimiser import api as optimiser_api
@@ -110,6 +113,7 @@ def create_app(
     risk_metrics = RiskMetrics(registry)
     credit_metrics = CreditMetrics(registry)
     billing_metrics = BillingMetrics(registry)
+    grid_metrics = GridMetrics(registry)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -141,6 +145,8 @@ def create_app(
             def on_fleet_event(event_type: str, data: Mapping[str, Any]) -> None:
                 if event_type == "telemetry":
                     telemetry.offer(str(data["site_id"]), data)
+                    if (grid := getattr(app.state, "grid", None)) is not None:
+                        grid.observe_telemetry(data)  # frequency per area, alerts
                 else:
                     hub.publish(event_type, data)
 
@@ -198,6 +204,19 @@ def create_app(
             )
             await asyncio.to_thread(credit.open)
             app.state.credit = credit
+            # Grid: frequency from the fleet's telemetry, load/flows (ENTSO-E with a token),
+            # constraints; they feed the pre-trade checks and the optimiser.
+            grid = open_grid(
+                engine,
+                fleet_store,
+                settings,
+                clock=clock,
+                metrics=grid_metrics,
+                on_alert=hub.publish,
+            )
+            await grid.open()
+            stack.push_async_callback(grid.close)
+            app.state.grid = grid
             exchange = await asyncio.to_thread(
                 _open_exchange,
                 engine,
@@ -205,6 +224,7 @@ def create_app(
                 policy=policy,
                 sites=FleetSiteStates(fleet_store),
                 metrics=exchange_metrics,
+                grid=grid,
                 extra_checks=[RiskLimitCheck(risk), credit.check],
             )
             stack.enter_context(
@@ -244,6 +264,7 @@ def create_app(
                 clock=clock,
                 forecaster=price_forecaster(),  # the Forecast API's model (ridge)
                 forecast_history_days=FORECAST_HISTORY_DAYS,
+                grid_limit_kw=grid.limit_kw,  # clamped to active grid constraints
                 orders=exchange,
                 on_placed=publish_placement,
                 switches=auto_submit,
@@ -347,6 +368,7 @@ def create_app(
     app.include_router(risk_api.router)
     app.include_router(credit_api.router)
     app.include_router(billing_api.router)
+    app.include_router(grid_api.router)
     return app
 
 
@@ -358,6 +380,7 @@ def _open_exchange(
     sites: FleetSiteStates,
     metrics: ExchangeMetrics,
     extra_checks: Sequence[PreTradeCheck] = (),
+    grid: GridService,
 ) -> Exchange:
     """Migrate the exchange tables on the shared engine and rebuild the books from them; the
     policy gives the markets, the pricing rule and the pre-trade checks (SoC feasibility
@@ -374,6 +397,7 @@ def _open_exchange(
         pre_trade_checks=[
             *checks_from_policy(policy, sites=sites, committed=store, clock=clock),
             *extra_checks,  # services' checks (risk limits, credit): they read the committed store
+            GridCapacity(grid=grid, committed=store),
         ],
         metrics=metrics,
     )

@@ -236,6 +236,35 @@ class PlaneSettings(BaseSettings):
         description="shortest gRPC keepalive interval of the agents (theirs defaults to 30 s): "
         "the server permits pings that often, else it answers GOAWAY too_many_pings",
     )
+    # -- grid (control_plane/grid) --------------------------------------------------------
+    grid_site_areas: dict[str, str] = Field(
+        default_factory=dict,
+        description="area of each site, {site_id: area} (JSON in the environment); sites not "
+        "named are in grid_default_area",
+    )
+    grid_default_area: str | None = Field(
+        default=None,
+        max_length=64,
+        description="area of the sites not in grid_site_areas; unset = the first market zone, "
+        "else 'default'",
+    )
+    grid_normal_band_hz: tuple[float, float] = Field(
+        default=(49.8, 50.2), description="frequency outside it raises a warning"
+    )
+    grid_alarm_band_hz: tuple[float, float] = Field(
+        default=(49.7, 50.3), description="frequency outside it raises an alarm"
+    )
+    grid_stale_after_s: float = Field(
+        default=60.0, gt=0, le=86400, description="older frequency readings are not counted"
+    )
+    grid_tie_lines: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="borders whose physical flows are shown, e.g. AT>DE_LU,AT>CZ (needs "
+        "ENTSOE_TOKEN)",
+    )
+    grid_refresh_s: int = Field(
+        default=900, ge=60, le=86400, description="seconds load and flows are cached"
+    )
 
     # -- risk (control_plane/risk): VaR limits, alerts, history ------------------------------
     risk_window_days: int = Field(
@@ -348,10 +377,50 @@ class PlaneSettings(BaseSettings):
             raise ValueError(f"{value!r} is not an IANA time zone (e.g. Europe/Vienna)") from None
         return value
 
+    @field_validator("grid_tie_lines", mode="before")
+    @classmethod
+    def _tie_lines_from_text(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            if value.lstrip().startswith("["):
+                return json.loads(value)
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("grid_tie_lines")
+    @classmethod
+    def _known_tie_lines(cls, value: list[str]) -> list[str]:
+        lines = []
+        for text in value:
+            a, sep, b = text.partition(">")
+            try:
+                if not sep:
+                    raise UnknownZoneError(text)
+                lines.append(f"{zone(a).code}>{zone(b).code}")
+            except UnknownZoneError:
+                raise ValueError(
+                    f"tie line {text!r}: write two bidding zones as FROM>TO, e.g. AT>DE_LU"
+                ) from None
+        return list(dict.fromkeys(lines))
+
+    @field_validator("grid_normal_band_hz", "grid_alarm_band_hz")
+    @classmethod
+    def _band(cls, value: tuple[float, float]) -> tuple[float, float]:
+        low, high = value
+        if not 0 < low < 50 < high:
+            raise ValueError(f"a frequency band must be low < 50 < high (Hz), got {value}")
+        return value
+
     @field_validator("sqlite_synchronous", mode="before")
     @classmethod
     def _upper_synchronous(cls, value: object) -> object:
         return value.strip().upper() if isinstance(value, str) else value
+
+    @property
+    def grid_area_default(self) -> str:
+        """The area of sites not in `grid_site_areas`."""
+        if self.grid_default_area:
+            return self.grid_default_area
+        return self.market_zones[0] if self.market_zones else "default"
 
     @model_validator(mode="after")
     def _refuse_contradictions(self) -> Self:
@@ -367,6 +436,12 @@ class PlaneSettings(BaseSettings):
             raise ValueError(
                 "allow_unauthenticated_remote is refused in the production profile: use "
                 "edgelink_tls: mtls for a remote EdgeLink"
+            )
+        (n_low, n_high), (a_low, a_high) = self.grid_normal_band_hz, self.grid_alarm_band_hz
+        if not (a_low <= n_low and n_high <= a_high):
+            raise ValueError(
+                f"grid_alarm_band_hz {self.grid_alarm_band_hz} must contain grid_normal_band_hz "
+                f"{self.grid_normal_band_hz} (e.g. 49.7-50.3 around 49.8-50.2)"
             )
         if self.hmac_secret is not None and self.hmac_secret_file is not None:
             raise ValueError("set hmac_secret (HMAC_SECRET) or hmac_secret_file, not both")

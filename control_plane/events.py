@@ -3,7 +3,8 @@
 Event shape (JSON): ``{"seq": 42, "type": "trade", "ts": "2025-11-03T08:00:00.123+00:00",
 "data": {...}}``. Types: `order.accepted`, `order.rejected`, `order.partially_filled`,
 `order.filled`, `order.cancelled`, `trade`, `telemetry`, `alarm`, `site.connected`,
-`site.disconnected`, `credit.alert` (`EVENT_TYPES`). `seq` grows by one per published event,
+`site.disconnected`, `risk.alert`, `credit.alert`, `grid.alert`
+(`EVENT_TYPES`). `seq` grows by one per published event,
 in the order subscribers receive them, so a client sees a gap when it was dropped (and after a
 restart of the plane `seq` starts again at 1).
 
@@ -63,6 +64,7 @@ EVENT_TYPES: Final = frozenset(
         "site.disconnected",
         "risk.alert",  # control_plane/risk: a limit's utilisation crossed a threshold
         "credit.alert",  # control_plane/credit: a counterparty's utilisation crossed a threshold
+        "grid.alert",  # control_plane/grid: frequency left its band (or returned)
     }
 )
 """Every type the hub publishes; a subscriber filters by these or by their prefix (`order`)."""

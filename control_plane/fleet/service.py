@@ -391,6 +391,7 @@ class FleetService:
                 "status": newest.status,
                 "alarms": list(newest.alarms),
                 "setpoint_kw": newest.setpoint_kw,
+                "grid_frequency_hz": newest.grid_frequency_hz,
             },
         )
 

@@ -59,7 +59,7 @@ import threading
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Literal, Protocol
@@ -265,6 +265,7 @@ class OptimiserService:
         orders: OrderPlacer | None = None,
         on_placed: Callable[[PlacedOrder], None] | None = None,
         switches: AutoSubmitSwitches | None = None,
+        grid_limit_kw: Callable[[str, datetime, datetime], float | None] | None = None,
     ) -> None:
         """`forecast_history_days`: how much price history `forecaster` gets (seasonal-naive
         needs a week; the ridge model `forecasting.HISTORY_DAYS`). Without `orders` plans
@@ -281,6 +282,7 @@ class OptimiserService:
         self._orders = orders
         self._on_placed = on_placed
         self._switches = switches
+        self._grid_limit_kw = grid_limit_kw  # the tightest grid constraint in a window
         self._plans: OrderedDict[str, StoredPlan] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -470,6 +472,14 @@ class OptimiserService:
         prices, resolution, start = self._horizon_prices(request, start)
         minutes: Literal[15, 60] = 15 if resolution is Resolution.PT15M else 60
         end = start + len(prices) * resolution.delta
+        limit = self._grid_limit_kw(request.site_id, start, end) if self._grid_limit_kw else None
+        if limit is not None and limit <= 0:
+            raise SiteNotReadyError(
+                f"site {request.site_id} may not exchange power in the horizon (grid "
+                "constraint of 0 kW, e.g. maintenance): see /api/grid/constraints"
+            )
+        if limit is not None and limit < (battery.grid_limit_kw or math.inf):
+            battery = replace(battery, grid_limit_kw=limit)
         problem = Problem(
             battery=battery,
             start=start,
