@@ -217,6 +217,7 @@ def create_app(
             await grid.open()
             stack.push_async_callback(grid.close)
             app.state.grid = grid
+            fleet.schedule_check = grid.schedule_problem  # constraints bound schedules too
             exchange = await asyncio.to_thread(
                 _open_exchange,
                 engine,

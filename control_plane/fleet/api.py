@@ -18,7 +18,7 @@ from control_plane.auth.deps import TechnicianDep, require
 from control_plane.auth.models import Role
 from control_plane.deps import FleetDep
 
-from .models import UnknownSiteError, utc_now
+from .models import ScheduleRefusedError, UnknownSiteError, utc_now
 from .schemas import (
     CommandCreate,
     CommandPublic,
@@ -132,11 +132,16 @@ async def site_events(
     dependencies=TRADER,
 )
 async def post_schedule(site_id: str, body: ScheduleCreate, fleet: FleetDep) -> SchedulePublic:
-    """Store the site's next schedule version and push it to the agent (now or on reconnect)."""
+    """Store the site's next schedule version and push it to the agent (now or on reconnect).
+
+    409 when an interval's power exceeds an active grid constraint on the site (the reason
+    names the constraint, the interval and the excess); nothing is stored then."""
     try:
         record = await fleet.submit_schedule(site_id=site_id, new=body.to_domain())
     except UnknownSiteError as exc:
         raise _not_found(exc) from None
+    except ScheduleRefusedError as exc:  # a grid constraint: nothing was stored
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
     return SchedulePublic.of(record, now=utc_now())
 
 

@@ -47,6 +47,10 @@ class InvalidScheduleError(FleetError, ValueError):
     pass
 
 
+class ScheduleRefusedError(FleetError):
+    """A well-formed schedule breaks an operating constraint (e.g. a grid capacity limit)."""
+
+
 class InvalidCommandError(FleetError, ValueError):
     pass
 

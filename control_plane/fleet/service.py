@@ -52,6 +52,7 @@ from .models import (
     ScheduleAnswer,
     ScheduleOut,
     ScheduleRecord,
+    ScheduleRefusedError,
     ScheduleStatus,
     SessionEnd,
     Site,
@@ -160,6 +161,8 @@ class FleetService:
     ) -> None:
         self.store = store
         self.on_event = on_event
+        self.schedule_check: Callable[[str, NewSchedule], str | None] | None = None
+        """Blocking check of a schedule before it is stored; returns why it is refused."""
         self.metrics = metrics
         self.plane_version = plane_version
         self.heartbeat_interval_s = heartbeat_interval_s
@@ -541,8 +544,15 @@ class FleetService:
         return self.store.ingest_samples(site_id, numbered, now=now, stream=API)
 
     async def submit_schedule(self, *, site_id: str, new: NewSchedule) -> ScheduleRecord:
-        """Store the next version and push it now if the site is connected."""
+        """Store the next version and push it now if the site is connected.
+
+        `schedule_check` (the grid's constraints, set by the app) runs first: a schedule it
+        refuses is not stored (`ScheduleRefusedError` with its reason)."""
         await self.site(site_id)
+        if self.schedule_check is not None:
+            problem = await self._read(self.schedule_check, site_id, new)
+            if problem is not None:
+                raise ScheduleRefusedError(problem)
         record = await self._write(self.store.add_schedule, site_id, new, now=self.clock())
         pushed = self._push(site_id, ScheduleOut(record.schedule))
         log.info(

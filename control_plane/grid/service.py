@@ -35,6 +35,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from sqlalchemy.engine import Engine
 
 from control_plane.config import PlaneSettings
+from control_plane.fleet.models import NewSchedule, ScheduleInterval
 from control_plane.fleet.store import FleetStore, ratings_of
 from control_plane.market.models import MarketDataError, NoDataError, UnknownZoneError, zone
 
@@ -408,6 +409,40 @@ class GridService:
             if c.spec.effective_limit_kw is not None
         ]
 
+    def schedule_problem(self, site_id: str, new: NewSchedule) -> str | None:
+        """Why `new` breaks an active constraint on `site_id`, or None (the fleet's
+        `schedule_check`, blocking): every interval's |power| must stay within the tightest
+        limit active during it. The reason names the first interval over it, the constraint,
+        the excess and how many intervals are over."""
+        limits = self.limits(site_id, new.valid_from, new.valid_until)
+        if not limits:
+            return None
+        step = timedelta(minutes=new.interval_minutes)
+        over: list[tuple[ScheduleInterval, ActiveLimit]] = []
+        for interval in new.intervals:
+            start, end = interval.start, interval.start + step
+            active = [
+                a
+                for a in limits
+                if a.constraint.spec.valid_from < end
+                and (a.constraint.spec.valid_to is None or a.constraint.spec.valid_to > start)
+            ]
+            if not active:
+                continue
+            tightest = min(active, key=lambda a: a.limit_kw)
+            if Decimal(str(abs(interval.power_kw))) > tightest.limit_kw:
+                over.append((interval, tightest))
+        if not over:
+            return None
+        interval, limit = over[0]
+        asked = Decimal(str(abs(interval.power_kw)))
+        more = f" (and {len(over) - 1} more intervals)" if len(over) > 1 else ""
+        return (
+            f"grid: the schedule asks {_kw(asked)} kW at {interval.start:%Y-%m-%dT%H:%MZ} but "
+            f"{limit.constraint.describe()} allows site {site_id} {_kw(limit.limit_kw)} kW; "
+            f"over by {_kw(asked - limit.limit_kw)} kW{more}"
+        )
+
     def limit_kw(self, site_id: str, start: datetime, end: datetime) -> float | None:
         """The tightest limit on `site_id` anywhere in [start, end) (the optimiser's
         `grid_limit_kw`); None = no constraint limits it (blocking)."""
@@ -416,6 +451,11 @@ class GridService:
 
 
 _INSTANT = timedelta(milliseconds=1)
+
+
+def _kw(value: Decimal) -> str:
+    """300, 300.5: no exponent, no trailing zeros."""
+    return f"{value.normalize():f}"
 
 
 def open_grid(

@@ -189,3 +189,48 @@ async def test_a_constrained_site_cannot_be_traded_beyond_it(plane: RunningPlane
     assert [c["limit_kw"] for c in at["active_constraints"]] == ["250"]
     quarter = (delivery, delivery + timedelta(minutes=15))
     assert plane.app.state.grid.limit_kw(SITE, *quarter) == 250.0  # open-ended: the tighter
+
+
+async def test_a_constrained_site_cannot_be_scheduled_beyond_it(plane: RunningPlane):
+    fleet = plane.app.state.fleet
+    session, _, _ = await fleet.open_session(
+        Hello(SITE, "1.0", ("modbus",), ratings=Ratings(2000.0, 1000.0, 1000.0))
+    )
+    await fleet.close_session(session, "test")
+    now = datetime.now(UTC)
+    start = (now + timedelta(hours=1)).replace(minute=0, second=0, microsecond=0)
+    created = await plane.client.post(
+        "/api/grid/constraints",
+        json={
+            "kind": "capacity_limit",
+            "site_id": SITE,
+            "limit_kw": "300",
+            "valid_from": (start + timedelta(minutes=15)).isoformat(),
+            "valid_to": (start + timedelta(minutes=45)).isoformat(),
+        },
+    )
+    assert created.status_code == 201, created.text
+
+    def schedule(*powers: float) -> dict[str, Any]:
+        return {
+            "valid_from": start.isoformat(),
+            "valid_until": (start + timedelta(hours=1)).isoformat(),
+            "intervals": [
+                {"start": (start + timedelta(minutes=15 * i)).isoformat(), "power_kw": p}
+                for i, p in enumerate(powers)
+            ],
+        }
+
+    url = f"/api/sites/{SITE}/schedules"
+    # 500 kW before and after the constraint's window, exactly 300 kW charging inside it
+    ok = await plane.client.post(url, json=schedule(500, -300, 300, 500))
+    assert ok.status_code == 201, ok.text
+    refused = await plane.client.post(url, json=schedule(500, 300, -301, -400))
+    assert refused.status_code == 409
+    detail = refused.json()["detail"]
+    assert f"asks 301 kW at {start + timedelta(minutes=30):%Y-%m-%dT%H:%MZ}" in detail
+    assert "constraint #1 (capacity_limit, site hil-1" in detail
+    assert "allows site hil-1 300 kW; over by 1 kW" in detail
+    assert "(and" not in detail  # 400 kW at 45 min is after the window
+    listed = (await plane.client.get(url)).json()
+    assert [s["version"] for s in listed] == [ok.json()["version"]]  # nothing stored
