@@ -185,6 +185,8 @@ def create_app(
                     limit_horizon_days=settings.risk_limit_horizon_days,
                     alert_thresholds_pct=tuple(settings.risk_alert_thresholds_pct),
                     history_ttl_s=settings.risk_history_ttl_s,
+                    backtest_days=settings.risk_backtest_days,
+                    default_zones=tuple(settings.market_zones),
                 ),
                 metrics=risk_metrics,
                 publish=hub.publish,

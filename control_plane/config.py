@@ -286,6 +286,9 @@ class PlaneSettings(BaseSettings):
     risk_evaluate_interval_s: float = Field(
         default=60.0, ge=5, le=86400, description="seconds between two limit evaluations"
     )
+    risk_backtest_days: int = Field(
+        default=1830, ge=30, le=7300, description="days of stored prices the report back-tests"
+    )
 
     @classmethod
     def settings_customise_sources(

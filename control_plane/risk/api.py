@@ -1,28 +1,31 @@
 """The risk service's HTTP routes. Only translation here (STYLE item 10).
 
-Reading positions and limits: viewer; computing VaR (a POST, up to a million Monte Carlo
+Reading positions, limits and the report: viewer; computing VaR (a POST, up to a million Monte Carlo
 paths of CPU): trader; setting and deleting limits: admin.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, cast
+from typing import Annotated, Literal, cast
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Request, status
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, status
 
 from control_plane.auth.deps import AdminDep, TraderDep, ViewerDep
 
 from .models import InvalidRiskRequestError, NoHistoryError, UnknownLimitError
+from .report import DEFAULT_PATHS, build_report
 from .schemas import (
     LimitPublic,
     LimitsPublic,
     LimitUpdate,
     PositionsPublic,
+    RiskReportPublic,
     VarCreate,
     VarPublic,
     limit_public,
     positions_public,
+    report_public,
     var_public,
 )
 from .service import RiskService
@@ -99,3 +102,32 @@ async def delete_limit(portfolio: PortfolioPath, risk: RiskDep, _: AdminDep) -> 
         await asyncio.to_thread(risk.delete_limit, portfolio)
     except UnknownLimitError as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
+
+
+@router.get("/report/{portfolio}", response_model=RiskReportPublic)
+async def report(
+    portfolio: PortfolioPath,
+    risk: RiskDep,
+    _: ViewerDep,
+    report_format: Annotated[
+        Literal["json"], Query(alias="format", description="json (the only format; no PDF)")
+    ] = "json",
+    window_days: Annotated[
+        int | None, Query(ge=20, le=1000, description="default: risk_window_days")
+    ] = None,
+    paths: Annotated[int, Query(ge=1_000, le=200_000, description="Monte Carlo paths")] = (
+        DEFAULT_PATHS
+    ),
+    seed: Annotated[int, Query(ge=0, description="Monte Carlo seed")] = 0,
+) -> RiskReportPublic:
+    """The desk's risk report of a portfolio: positions, VaR/ES (historical and Monte Carlo),
+    limits with utilisation and alert state, and the Kupiec back-test over the stored prices."""
+    try:
+        built = await asyncio.to_thread(
+            lambda: build_report(
+                service=risk, portfolio=portfolio, window_days=window_days, paths=paths, seed=seed
+            )
+        )
+    except InvalidRiskRequestError as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, str(exc)) from None
+    return report_public(built, risk.settings)

@@ -5,7 +5,8 @@
 
 Profiles (MW per quarter-hour, long): `baseload` (every quarter), `peak` (08:00-20:00 UTC),
 `spread` (long 00:00-06:00, short 16:00-22:00 UTC: a battery's charge/discharge day). Works on
-files only, without the plane's settings or store.
+files only, without the plane's settings or store. The back-test is `report.backtest_section`,
+the same function as the back-test section of `GET /api/risk/report/{portfolio}`.
 """
 
 from __future__ import annotations
@@ -13,13 +14,16 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .var import FloatArray
 
-__all__ = ["PROFILES", "add_parser", "profile", "risk_command"]
+if TYPE_CHECKING:
+    from .report import BacktestSection
+
+__all__ = ["PROFILES", "add_parser", "format_section", "profile", "risk_command"]
 
 PROFILES = ("baseload", "peak", "spread")
 
@@ -63,7 +67,7 @@ def risk_command(args: argparse.Namespace) -> int:
 
     from .history import DailyPrices
     from .models import RiskError
-    from .service import backtest
+    from .report import ProfileKind, backtest_section
 
     try:
         fmt = CsvFormat(
@@ -75,21 +79,40 @@ def risk_command(args: argparse.Namespace) -> int:
         )
         points = read_price_csv(args.prices, zone_code=args.zone, fmt=fmt).points
         daily = DailyPrices.from_points(args.zone, points)
-        result = backtest(daily, profile(args.profile, args.mw), window_days=args.window)
+        section = backtest_section(
+            daily,
+            profile(args.profile, args.mw),
+            window_days=args.window,
+            profile=ProfileKind.NAMED,
+            profile_note=f"{args.profile} {args.mw:g} MW",
+        )
     except (MarketDataError, RiskError, ValueError, OSError) as exc:
         print(f"bess-plane risk backtest: {exc}", file=sys.stderr)
         return 2
-    print(
-        f"{result.zone}: {args.profile} {args.mw:g} MW, 1-day historical VaR on "
-        f"{result.window_days}-day windows, test days {result.first_day} .. {result.last_day}"
-    )
-    print(
-        f"{'level':>7} {'days':>5} {'exceptions':>10} {'expected':>8} {'LR':>7} {'p':>7}  verdict"
-    )
-    for k in result.results:
-        verdict = "accepted" if k.accepted() else "REJECTED (5 %)"
-        print(
-            f"{k.level:>7.1%} {k.observations:>5} {k.exceptions:>10} "
-            f"{k.expected_exceptions:>8.1f} {k.lr_statistic:>7.2f} {k.p_value:>7.3f}  {verdict}"
-        )
+    if section.shortfall is not None:
+        print(f"bess-plane risk backtest: {section.shortfall}", file=sys.stderr)
+        return 2
+    print(format_section(section))
     return 0
+
+
+def format_section(section: BacktestSection) -> str:
+    """The back-test as the text table the command prints."""
+    from .report import verdict
+
+    lines = [
+        f"{section.zone}: {section.profile_note}, 1-day historical VaR on "
+        f"{section.window_days}-day windows",
+        f"history {section.history_from} .. {section.history_to} ({section.history_days} "
+        f"complete days), test days {section.first_test_day} .. {section.last_test_day} "
+        f"({section.test_days})",
+        f"{'level':>7} {'days':>5} {'exceptions':>10} {'expected':>8} {'rate':>7} {'LR':>7} "
+        f"{'p':>7}  verdict (Kupiec POF, {section.significance:.0%})",
+    ]
+    for k in section.results:
+        lines.append(
+            f"{k.level:>7.1%} {k.observations:>5} {k.exceptions:>10} "
+            f"{k.expected_exceptions:>8.1f} {k.exception_rate:>7.2%} {k.lr_statistic:>7.2f} "
+            f"{k.p_value:>7.3f}  {verdict(k, section.significance)}"
+        )
+    return "\n".join(lines)

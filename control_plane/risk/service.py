@@ -63,6 +63,7 @@ from .models import (
 from .positions import Dispatch, NoDispatch, PriceSource, TradeSource, build_positions
 from .store import LimitStore
 from .var import (
+    MIN_SCENARIOS,
     FloatArray,
     Kupiec,
     figures_from_pnl,
@@ -85,8 +86,6 @@ log = logging.getLogger(__name__)
 
 MAX_PATHS: Final = 1_000_000
 MAX_HORIZON_DAYS: Final = 30
-MIN_SCENARIOS: Final = 20
-"""Fewer scenario days than this give no meaningful 95 % quantile: refused."""
 _PCT: Final = Decimal("0.1")
 _ZERO: Final = Decimal(0)
 
@@ -100,6 +99,10 @@ class RiskSettings:
     limit_horizon_days: int = 1
     alert_thresholds_pct: tuple[float, ...] = (75.0, 90.0, 100.0)
     history_ttl_s: float = 300.0
+    backtest_days: int = 1830
+    """How far back the report's back-test reads the price store (days before today)."""
+    default_zones: tuple[str, ...] = ()
+    """Zones a report back-tests for a portfolio without a priced position (the market's)."""
 
 
 class RiskMetrics:
@@ -202,6 +205,11 @@ class RiskService:
         positions = self.positions(request.portfolio)
         return self._var_of(request, positions, began)
 
+    def var_for(self, request: VarRequest, positions: PortfolioPositions) -> VarResult:
+        """`var` on positions already built (a report uses one snapshot for every figure)."""
+        self._validate(request)
+        return self._var_of(request, positions, time.perf_counter())
+
     def _validate(self, request: VarRequest) -> None:
         problems = []
         if not 1 <= request.horizon_days <= MAX_HORIZON_DAYS:
@@ -289,6 +297,15 @@ class RiskService:
         with self._lock:
             self._history[zone] = (now, daily)
         return daily
+
+    def backtest_history(self, zone: str) -> DailyPrices:
+        """The zone's complete days in the store over the last `backtest_days` before today
+        (read afresh: the back-test is a report, not a per-order path)."""
+        if self.prices is None:
+            raise NoHistoryError("the plane has no price store: risk needs price history")
+        end = _midnight(self.clock().astimezone(UTC).date())
+        start = end - timedelta(days=self.settings.backtest_days)
+        return DailyPrices.from_points(zone, self.prices.prices(zone, start, end))
 
     # -- limits ----------------------------------------------------------------------------
 
@@ -391,6 +408,29 @@ class RiskService:
                 self._observe(status)
                 statuses.append(status)
         return statuses
+
+    def limit_state(
+        self, positions: PortfolioPositions
+    ) -> tuple[RiskLimit | None, list[LimitStatus], dict[LimitKind, float], str | None]:
+        """The portfolio's limit, its statuses now (observed: due alerts are raised as on
+        every limits read), the highest threshold alerted per limit, and why the VaR limit
+        could not be evaluated (None when it could or there is none)."""
+        limit = self.limits_store.get(positions.portfolio)
+        if limit is None:
+            return None, [], {}, None
+        reason = None
+        result: VarResult | None = None
+        if limit.var_limit_eur is not None:
+            try:
+                result = self._limit_var(positions)
+            except NoHistoryError as exc:
+                reason = str(exc)
+        statuses = self.statuses(limit, positions, result)
+        for status in statuses:
+            self._observe(status)
+        with self._lock:
+            armed = {kind: self._armed.get((positions.portfolio, kind), 0.0) for kind in LimitKind}
+        return limit, statuses, armed, reason
 
     def _observe(self, status: LimitStatus) -> None:
         if self._metrics is not None:

@@ -45,6 +45,7 @@ import numpy.typing as npt
 __all__ = [
     "CHUNK_PATHS",
     "LEVELS",
+    "MIN_SCENARIOS",
     "Kupiec",
     "RiskFigure",
     "covariance_factor",
@@ -58,6 +59,8 @@ FloatArray = npt.NDArray[np.float64]
 
 LEVELS: Final = (0.95, 0.99, 0.995)
 """The confidence levels every result carries."""
+MIN_SCENARIOS: Final = 20
+"""Fewer scenario days than this give no meaningful 95 % quantile: refused."""
 CHUNK_PATHS: Final = 25_000
 """Monte Carlo paths drawn at once: 25 000 x 96 doubles = 19 MB."""
 
