@@ -35,7 +35,7 @@ from typing import Final, Protocol
 import httpx
 
 from control_plane.market.entsoe import DEFAULT_BASE_URL, TOKEN_ENV
-from control_plane.market.fetching import Fetcher, RetrySettings, Sleep, redact
+from control_plane.market.fetching import Fetcher, FetchingClient, RetrySettings, Sleep, redact
 from control_plane.market.models import (
     DocumentError,
     NoDataError,
@@ -213,7 +213,7 @@ def _api_time(at: datetime) -> str:
     return at.astimezone(UTC).strftime("%Y%m%d%H%M")
 
 
-class EntsoeGridSource:
+class EntsoeGridSource(FetchingClient):
     """Actual load (A65) and physical flows (A11) from the ENTSO-E RESTful API."""
 
     name = "entsoe"
@@ -246,14 +246,6 @@ class EntsoeGridSource:
 
     def __repr__(self) -> str:
         return f"EntsoeGridSource(base_url={self.base_url!r}, token=***)"
-
-    @property
-    def requests_sent(self) -> int:
-        return self._fetcher.requests_sent
-
-    async def aclose(self) -> None:
-        if self._own_http:
-            await self._http.aclose()
 
     async def load(self, zone_code: str, start: datetime, end: datetime) -> list[LoadPoint]:
         z = _zone(zone_code)

@@ -28,12 +28,11 @@ import random
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
-from types import TracebackType
-from typing import Final, Self
+from typing import Final
 
 import httpx
 
-from .fetching import Fetcher, RetrySettings, Sleep
+from .fetching import Fetcher, FetchingClient, RetrySettings, Sleep
 from .models import (
     DEFAULT_PRICE_BOUNDS,
     DocumentError,
@@ -126,7 +125,7 @@ def parse_awattar(
     return points
 
 
-class AwattarClient:
+class AwattarClient(FetchingClient):
     """Day-ahead prices for AT and DE-LU from aWattar's public API (no token)."""
 
     name: str = SOURCE
@@ -159,25 +158,6 @@ class AwattarClient:
     def zones(self) -> frozenset[str]:
         """The zone codes this source serves."""
         return frozenset(self.urls)
-
-    @property
-    def requests_sent(self) -> int:
-        return self._fetcher.requests_sent
-
-    async def aclose(self) -> None:
-        if self._own_http:
-            await self._http.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def fetch(self, zone: Zone, start: datetime, end: datetime) -> list[PricePoint]:
         """aWattar's prices of `zone` (AT or DE_LU) for deliveries starting in [start, end)."""

@@ -54,12 +54,11 @@ import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
-from types import TracebackType
-from typing import Final, Self
+from typing import Final
 
 import httpx
 
-from .fetching import Fetcher, RetrySettings, Sleep, redact
+from .fetching import Fetcher, FetchingClient, RetrySettings, Sleep, redact
 from .models import (
     DEFAULT_PRICE_BOUNDS,
     DocumentError,
@@ -353,7 +352,7 @@ def _api_time(at: datetime) -> str:
     return at.astimezone(UTC).strftime("%Y%m%d%H%M")
 
 
-class EntsoeClient:
+class EntsoeClient(FetchingClient):
     """Day-ahead prices from the ENTSO-E Transparency Platform RESTful API.
 
     Use as an async context manager (or call `aclose`) when it creates its own HTTP client."""
@@ -409,25 +408,6 @@ class EntsoeClient:
 
     def __repr__(self) -> str:
         return f"EntsoeClient(base_url={self.base_url!r}, token=***)"
-
-    @property
-    def requests_sent(self) -> int:
-        return self._fetcher.requests_sent
-
-    async def aclose(self) -> None:
-        if self._own_http:
-            await self._http.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def fetch(self, zone: Zone, start: datetime, end: datetime) -> list[PricePoint]:
         """Day-ahead prices of `zone` for deliveries starting in [start, end), oldest first.

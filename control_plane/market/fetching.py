@@ -33,6 +33,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from types import TracebackType
+from typing import Self
 
 import httpx
 
@@ -209,3 +211,32 @@ class Fetcher:
             log.warning("%s (retrying in %.1f s)", error, wait)
             await self._sleep(wait)
         raise AssertionError("unreachable")  # pragma: no cover
+
+
+class FetchingClient:
+    """What every HTTP source shares: its `Fetcher`, the httpx client it closes if it made it
+    (`_own_http`), and use as an async context manager. Subclasses set `_fetcher`, `_http`
+    and `_own_http` in their `__init__`."""
+
+    _fetcher: Fetcher
+    _http: httpx.AsyncClient
+    _own_http: bool
+
+    @property
+    def requests_sent(self) -> int:
+        return self._fetcher.requests_sent
+
+    async def aclose(self) -> None:
+        if self._own_http:
+            await self._http.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
