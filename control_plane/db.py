@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -114,6 +115,19 @@ def for_writes(engine: Engine) -> Engine:
     option is ignored.
     """
     return engine.execution_options(**{_BEGIN_MODE: "IMMEDIATE"})
+
+
+@contextmanager
+def transaction(
+    engine: Engine, error: Callable[[str], Exception], store: str
+) -> Iterator[Connection]:
+    """One transaction on `engine`; a SQLAlchemy error (after the rollback) becomes
+    `error("the <store> failed: ...")`, the calling service's own store error."""
+    try:
+        with engine.begin() as conn:
+            yield conn
+    except SQLAlchemyError as exc:
+        raise error(f"the {store} failed: {type(exc).__name__}: {exc}") from exc
 
 
 def ping(engine: Engine) -> None:

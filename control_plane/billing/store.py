@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
@@ -33,7 +33,6 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import SQLAlchemyError
 
 from control_plane import db
 from control_plane.billing.errors import BillingStoreError
@@ -449,11 +448,6 @@ def _invoice_from_row(row: sa.Row[Any], invoice_lines: tuple[InvoiceLine, ...]) 
     )
 
 
-@contextmanager
-def _transaction(engine: Engine) -> Iterator[Connection]:
+def _transaction(engine: Engine) -> AbstractContextManager[Connection]:
     """One transaction; SQLAlchemy's errors become `BillingStoreError` (after the rollback)."""
-    try:
-        with engine.begin() as conn:
-            yield conn
-    except SQLAlchemyError as exc:
-        raise BillingStoreError(f"the billing store failed: {type(exc).__name__}: {exc}") from exc
+    return db.transaction(engine, BillingStoreError, "billing store")

@@ -16,15 +16,15 @@ through `db.for_writes` (SQLite takes its write lock at BEGIN). Errors of the da
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
+from contextlib import AbstractContextManager
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError
 
 from control_plane import db
 from control_plane.db import Migration, StoreError
@@ -337,10 +337,6 @@ class CreditStore:
         return _transaction(db.for_writes(self._engine))
 
 
-@contextmanager
-def _transaction(engine: Engine) -> Iterator[Connection]:
-    try:
-        with engine.begin() as conn:
-            yield conn
-    except SQLAlchemyError as exc:
-        raise StoreError(f"the credit store failed: {type(exc).__name__}: {exc}") from exc
+def _transaction(engine: Engine) -> AbstractContextManager[Connection]:
+    """One transaction; SQLAlchemy's errors become `StoreError` (after the rollback)."""
+    return db.transaction(engine, StoreError, "credit store")

@@ -31,8 +31,8 @@ process crash.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -40,7 +40,6 @@ from typing import Any, Literal, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Dialect, Engine
-from sqlalchemy.exc import SQLAlchemyError
 
 from control_plane import db
 from control_plane.db import Migration
@@ -751,11 +750,6 @@ class SqlOrderStore:
         return _transaction(db.for_writes(self._engine))
 
 
-@contextmanager
-def _transaction(engine: Engine) -> Iterator[Connection]:
+def _transaction(engine: Engine) -> AbstractContextManager[Connection]:
     """One transaction; SQLAlchemy's errors become `StoreError` (after the rollback)."""
-    try:
-        with engine.begin() as conn:
-            yield conn
-    except SQLAlchemyError as exc:
-        raise StoreError(f"the exchange store failed: {exc}") from exc
+    return db.transaction(engine, StoreError, "exchange store")
