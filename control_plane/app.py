@@ -25,7 +25,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 import grpc
@@ -43,9 +43,11 @@ from .auth.keys import KeyStore
 from .auth.service import AuthMetrics, AuthService
 from .auth.signing import HmacVerifier
 from .billing import api as billing_api
-from .billing.service import BillingMetrics, open_billing
+from .billing.errors import BillingStoreError, SettlementRefusedError
+from .billing.service import BillingMetrics, PaymentListener, open_billing
 from .config import PlaneSettings
 from .credit import api as credit_api
+from .credit.models import CreditError
 from .credit.service import CreditMetrics, CreditService
 from .credit.store import CreditStore
 from .events import EventHub, EventMetrics, TelemetryCoalescer
@@ -272,9 +274,15 @@ def create_app(
                 on_placed=publish_placement,
                 switches=auto_submit,
             )
-            # Billing: invoices from the exchange's trades (control_plane/billing).
+            # Billing: invoices from the exchange's trades (control_plane/billing); an invoice
+            # marked paid settles its trades in credit (billing does not import credit).
             app.state.billing = await asyncio.to_thread(
-                open_billing, engine, settings, clock=clock, metrics=billing_metrics
+                open_billing,
+                engine,
+                settings,
+                clock=clock,
+                metrics=billing_metrics,
+                on_paid=_settle_in_credit(credit),
             )
             app.state.engine = engine
             app.state.fleet = fleet
@@ -417,6 +425,31 @@ def _edgelink_credentials(settings: PlaneSettings) -> grpc.ServerCredentials:
         ", ".join(settings.tls_names),
     )
     return mtls_credentials(key_pem=key_pem, cert_pem=cert_pem, ca_pem=ca.ca_pem)
+
+
+def _settle_in_credit(credit: CreditService) -> PaymentListener:
+    """Billing's payment listener: the paid invoice's trades settled in credit by its number."""
+
+    def settle(
+        *, counterparty: str, trade_ids: Sequence[int], settled_on: date, reference_text: str
+    ) -> object:
+        try:
+            return credit.settle_trades(
+                counterparty=counterparty,
+                trade_ids=trade_ids,
+                settled_on=settled_on,
+                reference_text=reference_text,
+            )
+        except CreditError as exc:
+            raise SettlementRefusedError(
+                f"credit refused to settle the trades of invoice {reference_text}: {exc}; "
+                "nothing was marked paid (check GET /api/credit/settlements for a manual "
+                "settlement of these trades)"
+            ) from exc
+        except db.StoreError as exc:
+            raise BillingStoreError(f"credit store failed: {exc}") from exc
+
+    return settle
 
 
 @contextmanager

@@ -7,6 +7,10 @@ PDF rendering block), domain errors to HTTP answers.
 - `GET /api/billing/invoices` (viewer): filtered list, newest first, keyset pages, statistics.
 - `GET /api/billing/invoices/{id}` (viewer): one document with its lines, as JSON.
 - `GET /api/billing/invoice/{id}` (viewer): the PDF (the spec's path). 404: unknown id.
+- `POST /api/billing/invoice/{id}/paid` (admin): mark an issued, current invoice paid and
+  settle its trades in credit; idempotent for the same date and reference. 409: a credit note,
+  a corrected invoice, paid already with other data, or credit refused the settlement; 422: a
+  date in the future or before the invoice date.
 """
 
 from __future__ import annotations
@@ -23,15 +27,18 @@ from control_plane.auth.models import Role
 from control_plane.billing.errors import (
     BillingStoreError,
     InvalidRequestError,
+    InvoiceConflictError,
     InvoiceNotFoundError,
 )
-from control_plane.billing.models import InvoiceFilter, InvoiceKind, InvoiceStatus, Period
+from control_plane.billing.models import InvoiceFilter, InvoiceKind, Period
 from control_plane.billing.schemas import (
     GenerateRequest,
     GenerateResponse,
     InvoiceList,
     InvoicePublic,
+    PaidRequest,
     StatsPublic,
+    StatusFilter,
 )
 from control_plane.billing.service import BillingService
 
@@ -56,10 +63,12 @@ async def _call(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
     except InvoiceNotFoundError as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
+    except InvoiceConflictError as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
     except BillingStoreError:
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE,
-            "the billing store is unavailable: nothing was issued, retry",
+            "the billing store is unavailable: nothing was issued or marked paid, retry",
             headers={"Retry-After": "5"},
         ) from None
 
@@ -86,7 +95,14 @@ async def list_invoices(
     period: Annotated[str | None, Query(pattern=r"^\d{4}-\d{2}$", description="YYYY-MM")] = None,
     counterparty: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
     kind: InvoiceKind | None = None,
-    status_: Annotated[InvoiceStatus | None, Query(alias="status")] = None,
+    status_: Annotated[
+        StatusFilter | None,
+        Query(
+            alias="status",
+            description="issued / corrected (the document), paid / unpaid (current invoices "
+            "not marked paid)",
+        ),
+    ] = None,
     issued_from: date | None = None,
     issued_to: date | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
@@ -101,7 +117,8 @@ async def list_invoices(
         period=month,
         counterparty=counterparty,
         kind=kind,
-        status=status_,
+        status=None if status_ is None else status_.document,
+        payment=None if status_ is None else status_.payment,
         issued_from=issued_from,
         issued_to=issued_to,
     )
@@ -137,3 +154,18 @@ async def invoice_pdf(invoice_id: InvoiceId, billing: BillingDep) -> Response:
         media_type="application/pdf",
         headers={"Content-Disposition": f'inline; filename="{invoice.number}.pdf"'},
     )
+
+
+@router.post(
+    "/invoice/{invoice_id}/paid",
+    response_model=InvoicePublic,
+    dependencies=[Depends(require(Role.ADMIN))],
+)
+async def invoice_paid(
+    invoice_id: InvoiceId, body: PaidRequest, billing: BillingDep
+) -> InvoicePublic:
+    """Mark an invoice paid; its trades are settled in credit by the invoice number."""
+    invoice = await _call(
+        billing.mark_paid, invoice_id=invoice_id, paid_on=body.paid_on, reference=body.reference
+    )
+    return InvoicePublic.of(invoice)

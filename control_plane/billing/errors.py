@@ -6,6 +6,11 @@ BillingError
 │   └── PeriodNotEndedError           the month has not ended yet: invoices cover whole
 │                                     months, generate them once the period is over
 ├── InvoiceNotFoundError (LookupError) no invoice with that id
+├── InvoiceConflictError              the document's state does not allow the call: a credit
+│   │                                 note or a corrected invoice to mark paid, an invoice paid
+│   │                                 already with other data, a paid invoice to correct
+│   └── SettlementRefusedError        the payment listener (credit) refused to settle the
+│                                     invoice's trades; the invoice was not marked paid
 └── BillingStoreError                 persistence failed; the call issued nothing (numbers
                                       are allocated in the same transaction, so none is lost)
 """
@@ -16,8 +21,10 @@ __all__ = [
     "BillingError",
     "BillingStoreError",
     "InvalidRequestError",
+    "InvoiceConflictError",
     "InvoiceNotFoundError",
     "PeriodNotEndedError",
+    "SettlementRefusedError",
 ]
 
 
@@ -35,6 +42,14 @@ class PeriodNotEndedError(InvalidRequestError):
 
 class InvoiceNotFoundError(BillingError, LookupError):
     """No invoice with that id."""
+
+
+class InvoiceConflictError(BillingError):
+    """The document's state does not allow the call; the message says why and what to do."""
+
+
+class SettlementRefusedError(InvoiceConflictError):
+    """The payment listener refused to settle the invoice's trades (nothing was marked paid)."""
 
 
 class BillingStoreError(BillingError):

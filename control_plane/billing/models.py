@@ -19,6 +19,15 @@ value floored to the cent, and the cents left over go to the lines with the larg
 each within one cent of its exact value. VAT is the net total x the configured rate, rounded
 half-up to the cent; gross = net + VAT. The store keeps cents as integers.
 
+**Payment.** An issued, current invoice is marked paid by an admin (`paid_on`, an optional bank
+reference): billing then asks its payment listener (the app wires the credit service) to settle
+exactly the invoice's trades, by the invoice number. A credit note is never paid: it is settled
+together with the invoice it reverses, by offset, when the correction is made (both get
+`settlement` = offset, `paid_on` = the credit note's issue date, the other's number as the
+reference). A paid invoice is not corrected (its trades are settled in credit already).
+*Unpaid* = a current invoice (kind invoice, status issued) not marked paid: the open receivable
+or payable.
+
 **Numbers.** `<prefix>-<year>-<nnnnnn>`, one gapless series per issue year, shared by invoices
 and credit notes (billing/store.py allocates them in the transaction that stores the invoice).
 """
@@ -56,6 +65,22 @@ class InvoiceStatus(StrEnum):
     """The current document (an invoice not corrected, or any credit note)."""
     CORRECTED = "corrected"
     """An invoice reversed by a credit note; its replacement names it in `replaces_invoice_id`."""
+
+
+class Settlement(StrEnum):
+    """How a document was settled."""
+
+    PAYMENT = "payment"
+    """An invoice marked paid (`POST /api/billing/invoice/{id}/paid`)."""
+    OFFSET = "offset"
+    """A credit note and the invoice it reverses, against each other, at the correction."""
+
+
+class PaymentFilter(StrEnum):
+    PAID = "paid"
+    """Marked paid (settlement = payment)."""
+    UNPAID = "unpaid"
+    """A current invoice not marked paid."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +243,8 @@ class InvoiceDraft:
     trade_count: int
     trades_digest: str
     """Fingerprint of the trades billed: a regeneration tells when they changed since."""
+    trade_ids: tuple[int, ...] = ()
+    """The trades billed, ascending (stored with the invoice: payment settles exactly these)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -249,6 +276,19 @@ class Invoice:
     replaces_invoice_id: int | None = None
     """An invoice issued by a correction: the corrected one."""
     note: str | None = None
+    settlement: Settlement | None = None
+    """None: open (an unpaid current invoice; or a document issued before payments existed)."""
+    paid_on: date | None = None
+    paid_reference: str | None = None
+    """The bank reference given when marked paid; for an offset, the other document's number."""
+
+    @property
+    def unpaid(self) -> bool:
+        return (
+            self.kind is InvoiceKind.INVOICE
+            and self.status is InvoiceStatus.ISSUED
+            and self.settlement is None
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,6 +298,9 @@ class InvoiceStats:
     vat_eur: Decimal
     gross_eur: Decimal
     last: Invoice | None
+    unpaid_count: int = 0
+    unpaid_gross_eur: Decimal = Decimal("0.00")
+    """Gross total of the unpaid current invoices among the matches (negative: payable)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,6 +312,7 @@ class InvoiceFilter:
     issued_from: date | None = None
     issued_to: date | None = None
     """Issue date in [issued_from, issued_to]."""
+    payment: PaymentFilter | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,6 +347,7 @@ def draft_invoice(
     groups: dict[tuple[date, str, int, Side], list[Trade]] = {}
     digest = hashlib.sha256()
     count = 0
+    ids: list[int] = []
     for trade in sorted(trades, key=lambda t: t.trade_id):
         sides = []
         if trade.buy_counterparty == counterparty:
@@ -312,6 +357,7 @@ def draft_invoice(
         if not sides:
             continue
         count += 1
+        ids.append(trade.trade_id)
         digest.update(f"{trade.trade_id}:{trade.quantity_mw}:{trade.price_eur_per_mwh};".encode())
         day = trade.delivery.start.astimezone(tz).date()
         for side in sides:
@@ -355,6 +401,7 @@ def draft_invoice(
         gross_eur=net + vat,
         trade_count=count,
         trades_digest=digest.hexdigest()[:32],
+        trade_ids=tuple(ids),
     )
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from datetime import date, datetime
 from decimal import Decimal
+from enum import StrEnum
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
@@ -19,6 +20,8 @@ from control_plane.billing.models import (
     InvoiceStats,
     InvoiceStatus,
     Party,
+    PaymentFilter,
+    Settlement,
 )
 
 
@@ -43,6 +46,34 @@ class GenerateRequest(BaseModel):
         description="reverse the current invoices with credit notes and issue new ones from "
         "the trades as they are now (false: existing invoices are returned as they are)",
     )
+
+
+class PaidRequest(BaseModel):
+    """An invoice's payment as received."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    paid_on: date = Field(description="the day the payment was received (YYYY-MM-DD)")
+    reference: str | None = Field(
+        default=None, min_length=1, max_length=128, description="the bank reference"
+    )
+
+
+class StatusFilter(StrEnum):
+    """`status` of the invoice list: a document status, or a payment state."""
+
+    ISSUED = "issued"
+    CORRECTED = "corrected"
+    PAID = "paid"
+    UNPAID = "unpaid"
+
+    @property
+    def document(self) -> InvoiceStatus | None:
+        return InvoiceStatus(self.value) if self.value in set(InvoiceStatus) else None
+
+    @property
+    def payment(self) -> PaymentFilter | None:
+        return PaymentFilter(self.value) if self.value in set(PaymentFilter) else None
 
 
 class PartyPublic(BaseModel):
@@ -110,6 +141,14 @@ class InvoicePublic(BaseModel):
     corrects_invoice_id: int | None
     replaces_invoice_id: int | None
     note: str | None
+    settlement: Settlement | None = Field(
+        description="payment: marked paid; offset: a credit note and the invoice it reverses; "
+        "null: open"
+    )
+    paid_on: date | None
+    paid_reference: str | None = Field(
+        description="the bank reference (payment) or the other document's number (offset)"
+    )
     pdf_url: str
     lines: list[LinePublic] | None = Field(
         default=None, description="the line items (in the detail and generate answers)"
@@ -139,6 +178,9 @@ class InvoicePublic(BaseModel):
             corrects_invoice_id=invoice.corrects_invoice_id,
             replaces_invoice_id=invoice.replaces_invoice_id,
             note=invoice.note,
+            settlement=invoice.settlement,
+            paid_on=invoice.paid_on,
+            paid_reference=invoice.paid_reference,
             pdf_url=f"/api/billing/invoice/{invoice.invoice_id}",
             lines=[LinePublic.of(line) for line in invoice.lines] if with_lines else None,
         )
@@ -172,6 +214,10 @@ class StatsPublic(BaseModel):
     total_net_eur: DecimalOut
     total_vat_eur: DecimalOut
     total_gross_eur: DecimalOut
+    unpaid_count: int = Field(description="current invoices not marked paid")
+    total_unpaid_gross_eur: DecimalOut = Field(
+        description="their gross total (what is still to be received; negative: to be paid)"
+    )
     last_invoice: InvoicePublic | None
 
     @classmethod
@@ -181,6 +227,8 @@ class StatsPublic(BaseModel):
             total_net_eur=stats.net_eur,
             total_vat_eur=stats.vat_eur,
             total_gross_eur=stats.gross_eur,
+            unpaid_count=stats.unpaid_count,
+            total_unpaid_gross_eur=stats.unpaid_gross_eur,
             last_invoice=None
             if stats.last is None
             else InvoicePublic.of(stats.last, with_lines=False),

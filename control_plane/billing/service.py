@@ -13,6 +13,25 @@
      invoice from the trades as they are now is issued (`replaces_invoice_id` = the old one).
 3. Counts issued documents in `pho_bo_invoices_total{kind}` after the commit.
 
+`mark_paid(invoice_id=..., paid_on=..., reference=None)`: an issued, current invoice is paid.
+1. Checks it: a credit note (settled by offset at the correction), a corrected invoice or one
+   paid already with another date or reference is refused (`InvoiceConflictError`); the same
+   date and reference again return it unchanged (idempotent, the listener is not called again).
+2. Calls the payment listener (`on_paid`, the app wires `CreditService.settle_trades`) with the
+   invoice's counterparty, its trade ids (billing/store.py keeps them per invoice), `paid_on`
+   and the invoice number as the reference. It runs before the payment is recorded and outside
+   the billing lock (on SQLite both write the same file): if it refuses, nothing is marked paid;
+   if recording fails after it, a retry repeats the call, which settles idempotently per
+   reference.
+3. Records the payment under the billing lock, re-checking the invoice (a concurrent correction
+   wins: the call is refused).
+Invoices issued before trade ids were stored get them from the exchange: the period's trades of
+the counterparty, accepted only when their fingerprint equals the invoice's trades digest.
+
+A correction reverses an unpaid invoice: the credit note and the invoice are settled against
+each other (offset). A paid invoice is not corrected (its trades are settled in credit): the
+call is refused and names it.
+
 A current invoice whose trades changed since it was issued (their fingerprint differs) is
 named in `GenerateResult.outdated`: correct it. A counterparty without recipient data in the
 settings (`billing_recipients`) is invoiced under its id and named in `warnings`.
@@ -25,7 +44,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from datetime import datetime
+from datetime import date, datetime
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter
@@ -33,6 +52,7 @@ from sqlalchemy.engine import Engine
 
 from control_plane.billing.errors import (
     InvalidRequestError,
+    InvoiceConflictError,
     InvoiceNotFoundError,
     PeriodNotEndedError,
 )
@@ -44,8 +64,10 @@ from control_plane.billing.models import (
     InvoiceFilter,
     InvoiceKind,
     InvoiceStats,
+    InvoiceStatus,
     Party,
     Period,
+    Settlement,
     draft_invoice,
     due_date,
     trades_by_counterparty,
@@ -59,6 +81,7 @@ from control_plane.exchange.store import SqlOrderStore
 log = logging.getLogger(__name__)
 
 MAX_COUNTERPARTY_CHARS = 64
+MAX_REFERENCE_CHARS = 128
 
 
 class TradeSource(Protocol):
@@ -67,6 +90,23 @@ class TradeSource(Protocol):
     def list_trades(
         self, *, delivery_from: datetime | None = None, delivery_to: datetime | None = None
     ) -> list[Trade]: ...
+
+
+class PaymentListener(Protocol):
+    """Told when an invoice is paid; settles its trades (the app wires the credit service).
+
+    Raises `SettlementRefusedError` when it refuses (nothing is then marked paid) and
+    `BillingStoreError` when its store fails.
+    """
+
+    def __call__(
+        self,
+        *,
+        counterparty: str,
+        trade_ids: Sequence[int],
+        settled_on: date,
+        reference_text: str,
+    ) -> object: ...
 
 
 class BillingMetrics:
@@ -98,12 +138,15 @@ class BillingService:
         config: BillingConfig,
         clock: Callable[[], datetime],
         metrics: BillingMetrics | None = None,
+        on_paid: PaymentListener | None = None,
     ) -> None:
         self._store = store
         self._trades = trades
         self._config = config
         self._clock = clock
         self._metrics = metrics
+        self.on_paid = on_paid
+        """Settles a paid invoice's trades; None: payments are only recorded in billing."""
 
     @property
     def config(self) -> BillingConfig:
@@ -140,13 +183,25 @@ class BillingService:
         issued: list[Invoice] = []
         with self._store.issuing() as tx:
             existing = {inv.counterparty: inv for inv in tx.current(month, counterparty)}
+            paid = [inv for inv in existing.values() if inv.settlement is not None]
+            if correction and paid:
+                shown = ", ".join(
+                    f"{inv.number} of {inv.counterparty} (paid on {inv.paid_on})" for inv in paid
+                )
+                raise InvoiceConflictError(
+                    f"not corrected: {shown} is paid and its trades are settled; a paid invoice "
+                    "is not corrected automatically. Correct the other counterparties one by "
+                    "one (counterparty=...) and settle any difference with the counterparty "
+                    "directly (a payment on account in credit)"
+                )
             for name in sorted(set(drafts) | (set(existing) if correction else set())):
                 old = existing.get(name)
                 if old is not None and not correction:
                     continue
                 if old is not None:
-                    issued.append(self._credit_note(tx, old, now))
+                    note = self._credit_note(tx, old, now)
                     tx.mark_corrected(old.invoice_id)
+                    issued.append(tx.offset(note, old)[0])
                 draft = drafts.get(name)
                 if draft is not None:
                     new = self._invoice(tx, month, draft, now, replaces=old)
@@ -228,6 +283,7 @@ class BillingService:
                 lines=draft.lines,
                 trade_count=draft.trade_count,
                 trades_digest=draft.trades_digest,
+                trade_ids=draft.trade_ids,
                 replaces_invoice_id=None if replaces is None else replaces.invoice_id,
                 note=self._note(
                     None if replaces is None else f"Replaces invoice {replaces.number}."
@@ -256,6 +312,7 @@ class BillingService:
                 lines=tuple(replace(line, amount_eur=-line.amount_eur) for line in original.lines),
                 trade_count=original.trade_count,
                 trades_digest=original.trades_digest,
+                trade_ids=tx.trade_ids(original.invoice_id),
                 corrects_invoice_id=original.invoice_id,
                 note=self._note(
                     f"Reverses invoice {original.number} of {original.issue_date.isoformat()} "
@@ -269,6 +326,97 @@ class BillingService:
         if found is None:
             raise InvoiceNotFoundError(f"no invoice with id {invoice_id}")
         return found
+
+    def mark_paid(self, *, invoice_id: int, paid_on: date, reference: str | None = None) -> Invoice:
+        """Mark an issued, current invoice paid and settle its trades; see the module."""
+        reference = _reference(reference)
+        found = self.invoice(invoice_id)
+        today = self._clock().astimezone(self._config.zone).date()
+        if self._already_paid(found, paid_on, reference):
+            return found
+        if paid_on > today:
+            raise InvalidRequestError(
+                f"paid_on {paid_on} is in the future (today is {today} in "
+                f"{self._config.timezone}): give the date the payment was received"
+            )
+        if paid_on < found.issue_date:
+            raise InvalidRequestError(
+                f"paid_on {paid_on} is before invoice {found.number} was issued "
+                f"({found.issue_date}): give the date the payment was received"
+            )
+        trade_ids = self._trade_ids_of(found)
+        if self.on_paid is not None and trade_ids:
+            self.on_paid(
+                counterparty=found.counterparty,
+                trade_ids=trade_ids,
+                settled_on=paid_on,
+                reference_text=found.number,
+            )
+        with self._store.issuing() as tx:
+            now = tx.get(invoice_id)
+            if now is None:  # pragma: no cover - documents are never deleted
+                raise InvoiceNotFoundError(f"no invoice with id {invoice_id}")
+            if self._already_paid(now, paid_on, reference):
+                return now
+            tx.mark_paid(
+                invoice_id, paid_on=paid_on, reference=reference, recorded_at=self._clock()
+            )
+        log.info(
+            "billing: invoice %s of %s marked paid on %s (%d trades settled)",
+            found.number,
+            found.counterparty,
+            paid_on,
+            len(trade_ids) if self.on_paid is not None else 0,
+        )
+        return replace(
+            now, settlement=Settlement.PAYMENT, paid_on=paid_on, paid_reference=reference
+        )
+
+    def _already_paid(self, invoice: Invoice, paid_on: date, reference: str | None) -> bool:
+        """True when `invoice` is paid with exactly this data; refuses every other settled state."""
+        if invoice.kind is InvoiceKind.CREDIT_NOTE:
+            raise InvoiceConflictError(
+                f"{invoice.number} is a credit note: it is settled by offset against the "
+                "invoice it reverses when the correction is made; mark the replacement "
+                "invoice paid instead"
+            )
+        if invoice.status is InvoiceStatus.CORRECTED:
+            raise InvoiceConflictError(
+                f"invoice {invoice.number} was corrected (reversed by a credit note): mark its "
+                "replacement invoice paid instead"
+            )
+        if invoice.settlement is None:
+            return False
+        if invoice.paid_on == paid_on and invoice.paid_reference == reference:
+            return True
+        raise InvoiceConflictError(
+            f"invoice {invoice.number} is already paid (paid_on {invoice.paid_on}, reference "
+            f"{invoice.paid_reference!r}): a payment is recorded once; this call gave paid_on "
+            f"{paid_on}, reference {reference!r}"
+        )
+
+    def _trade_ids_of(self, invoice: Invoice) -> tuple[int, ...]:
+        """The invoice's stored trade ids; recovered from the exchange for older invoices."""
+        stored = self._store.trade_ids(invoice.invoice_id)
+        if stored or invoice.trade_count == 0:
+            return stored
+        start, end = invoice.period.bounds_utc(self._config.zone)
+        trades = self._trades.list_trades(delivery_from=start, delivery_to=end)
+        draft = draft_invoice(
+            counterparty=invoice.counterparty,
+            trades=trades_by_counterparty(trades).get(invoice.counterparty, ()),
+            vat_rate_pct=invoice.vat_rate_pct,
+            tz=self._config.zone,
+        )
+        if draft is None or draft.trades_digest != invoice.trades_digest:
+            raise InvoiceConflictError(
+                f"invoice {invoice.number} was issued before billing kept trade ids, and the "
+                f"exchange's trades of {invoice.counterparty} in {invoice.period} changed since: "
+                "its trades cannot be told; correct it (generate with correction) and mark the "
+                "replacement invoice paid"
+            )
+        self._store.store_trade_ids(invoice.invoice_id, draft.trade_ids)
+        return draft.trade_ids
 
     def pdf(self, invoice_id: int) -> tuple[Invoice, bytes]:
         """The invoice and its PDF (rendered from the stored snapshot, deterministic)."""
@@ -287,6 +435,22 @@ class BillingService:
             )
         page = self._store.list_invoices(where, limit=limit, before_id=before_id)
         return page, self._store.stats(where)
+
+
+def _reference(value: str | None) -> str | None:
+    if value is None:
+        return None
+    stripped = value.strip()
+    if (
+        not stripped
+        or len(stripped) > MAX_REFERENCE_CHARS
+        or any(ord(c) < 32 or ord(c) == 127 for c in stripped)
+    ):
+        raise InvalidRequestError(
+            f"reference={value!r}: give the payment's bank reference as 1-"
+            f"{MAX_REFERENCE_CHARS} characters without control codes, or leave it out"
+        )
+    return stripped
 
 
 def _counterparty(name: str) -> str:
@@ -329,6 +493,7 @@ def open_billing(
     *,
     clock: Callable[[], datetime],
     metrics: BillingMetrics | None = None,
+    on_paid: PaymentListener | None = None,
 ) -> BillingService:
     """Migrate the billing tables on the shared engine; the service reads the exchange's trades."""
     config = billing_config(settings)
@@ -337,5 +502,10 @@ def open_billing(
     if applied:
         log.info("billing: store migrated to version %d", applied[-1])
     return BillingService(
-        store=store, trades=SqlOrderStore(engine), config=config, clock=clock, metrics=metrics
+        store=store,
+        trades=SqlOrderStore(engine),
+        config=config,
+        clock=clock,
+        metrics=metrics,
+        on_paid=on_paid,
     )

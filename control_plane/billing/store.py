@@ -17,8 +17,19 @@ average prices integer milli-EUR/MWh: both backends round-trip them exactly. Iss
 recipient are stored as JSON snapshots, so a PDF rendered later shows what was issued even
 after the settings changed.
 
-Tables `billing_number_series`, `billing_invoices`, `billing_invoice_lines`; migrations under
-the service name "billing" in the shared runner (`control_plane.db.migrate`).
+**Trades and payments** (migration 2, new tables so the shipped `billing_invoices` stays as it
+was): `billing_invoice_trades` keeps the trade ids of every document (a credit note those of
+the invoice it reverses), so paying an invoice settles exactly the trades it billed, however the
+exchange's trades look later. `billing_invoice_payments` holds at most one settlement per
+document (primary key): `payment` (marked paid, with the date and the bank reference) or
+`offset` (a credit note and the invoice it reverses, recorded in the correcting transaction).
+Migration 2 records the offsets of corrections made before it; invoices issued before it have
+no stored trade ids (billing/service.py recovers them from the exchange and checks them against
+the invoice's trades digest).
+
+Tables `billing_number_series`, `billing_invoices`, `billing_invoice_lines`,
+`billing_invoice_trades`, `billing_invoice_payments`; migrations under the service name
+"billing" in the shared runner (`control_plane.db.migrate`).
 """
 
 from __future__ import annotations
@@ -26,7 +37,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
@@ -47,7 +58,9 @@ from control_plane.billing.models import (
     InvoiceStats,
     InvoiceStatus,
     Party,
+    PaymentFilter,
     Period,
+    Settlement,
 )
 from control_plane.db import Migration
 from control_plane.exchange.models import Side
@@ -120,6 +133,24 @@ lines = sa.Table(
     sa.CheckConstraint("side IN ('BUY', 'SELL')", name="ck_billing_lines_side"),
 )
 
+invoice_trades = sa.Table(
+    "billing_invoice_trades",
+    metadata,
+    sa.Column("invoice_id", _Id, sa.ForeignKey("billing_invoices.invoice_id"), primary_key=True),
+    sa.Column("trade_id", sa.BigInteger, primary_key=True, autoincrement=False),
+)
+
+payments = sa.Table(
+    "billing_invoice_payments",
+    metadata,
+    sa.Column("invoice_id", _Id, sa.ForeignKey("billing_invoices.invoice_id"), primary_key=True),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("paid_on", sa.Date, nullable=False),
+    sa.Column("reference", sa.String(128), nullable=True),
+    sa.Column("recorded_at", UtcDateTime, nullable=False),
+    sa.CheckConstraint("kind IN ('payment', 'offset')", name="ck_billing_payments_kind"),
+)
+
 _current_index = sa.Index(
     "ux_billing_invoices_current",
     invoices.c.period,
@@ -135,7 +166,44 @@ def _v1_tables(conn: Connection) -> None:
     metadata.create_all(conn, tables=[series, invoices, lines], checkfirst=False)
 
 
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, "billing tables", _v1_tables),)
+def _v2_trades_and_payments(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[invoice_trades, payments], checkfirst=False)
+    # Corrections made before this version: each credit note and its invoice offset each other.
+    original = invoices.alias("original")
+    pairs = conn.execute(
+        sa.select(
+            invoices.c.invoice_id,
+            invoices.c.number,
+            invoices.c.issue_date,
+            invoices.c.issued_at,
+            original.c.invoice_id.label("original_id"),
+            original.c.number.label("original_number"),
+        ).join(original, original.c.invoice_id == invoices.c.corrects_invoice_id)
+    ).all()
+    for pair in pairs:
+        conn.execute(
+            payments.insert(),
+            [
+                _offset_row(pair.invoice_id, pair.issue_date, pair.original_number, pair.issued_at),
+                _offset_row(pair.original_id, pair.issue_date, pair.number, pair.issued_at),
+            ],
+        )
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "billing tables", _v1_tables),
+    Migration(2, "invoice trade ids and payments", _v2_trades_and_payments),
+)
+
+
+def _offset_row(invoice_id: int, on: date, other_number: str, at: datetime) -> dict[str, Any]:
+    return {
+        "invoice_id": invoice_id,
+        "kind": Settlement.OFFSET.value,
+        "paid_on": on,
+        "reference": other_number,
+        "recorded_at": at,
+    }
 
 
 def _cents(value: Decimal) -> int:
@@ -172,6 +240,7 @@ class NewInvoice:
     corrects_invoice_id: int | None = None
     replaces_invoice_id: int | None = None
     note: str | None = None
+    trade_ids: tuple[int, ...] = ()
 
 
 class Issuing:
@@ -233,6 +302,7 @@ class Issuing:
             self._conn.execute(
                 lines.insert(), [_line_row(int(invoice_id), line) for line in new.lines]
             )
+        _insert_trade_ids(self._conn, int(invoice_id), new.trade_ids)
         return Invoice(
             invoice_id=int(invoice_id),
             number=number,
@@ -257,6 +327,61 @@ class Issuing:
             corrects_invoice_id=new.corrects_invoice_id,
             replaces_invoice_id=new.replaces_invoice_id,
             note=new.note,
+        )
+
+    def get(self, invoice_id: int) -> Invoice | None:
+        """The document as it is now, read under the billing lock."""
+        return _get(self._conn, invoice_id)
+
+    def trade_ids(self, invoice_id: int) -> tuple[int, ...]:
+        return _trade_ids(self._conn, invoice_id)
+
+    def offset(self, credit_note: Invoice, original: Invoice) -> tuple[Invoice, Invoice]:
+        """Record the credit note and the (unpaid) invoice it reverses as settled by offset."""
+        self._conn.execute(
+            payments.insert(),
+            [
+                _offset_row(
+                    credit_note.invoice_id,
+                    credit_note.issue_date,
+                    original.number,
+                    credit_note.issued_at,
+                ),
+                _offset_row(
+                    original.invoice_id,
+                    credit_note.issue_date,
+                    credit_note.number,
+                    credit_note.issued_at,
+                ),
+            ],
+        )
+        return (
+            replace(
+                credit_note,
+                settlement=Settlement.OFFSET,
+                paid_on=credit_note.issue_date,
+                paid_reference=original.number,
+            ),
+            replace(
+                original,
+                settlement=Settlement.OFFSET,
+                paid_on=credit_note.issue_date,
+                paid_reference=credit_note.number,
+            ),
+        )
+
+    def mark_paid(
+        self, invoice_id: int, *, paid_on: date, reference: str | None, recorded_at: datetime
+    ) -> None:
+        """Record the payment of a document that has no settlement yet (the caller checked)."""
+        self._conn.execute(
+            payments.insert().values(
+                invoice_id=invoice_id,
+                kind=Settlement.PAYMENT.value,
+                paid_on=paid_on,
+                reference=reference,
+                recorded_at=recorded_at,
+            )
         )
 
     def mark_corrected(self, invoice_id: int) -> None:
@@ -297,12 +422,18 @@ class BillingStore:
 
     def get(self, invoice_id: int) -> Invoice | None:
         with _transaction(self._engine) as conn:
-            row = conn.execute(
-                sa.select(invoices).where(invoices.c.invoice_id == invoice_id)
-            ).first()
-            if row is None:
-                return None
-            return _with_lines(conn, [row])[0]
+            return _get(conn, invoice_id)
+
+    def trade_ids(self, invoice_id: int) -> tuple[int, ...]:
+        """The trades a document bills, ascending (empty: issued before they were stored)."""
+        with _transaction(self._engine) as conn:
+            return _trade_ids(conn, invoice_id)
+
+    def store_trade_ids(self, invoice_id: int, trade_ids: Sequence[int]) -> None:
+        """Keep the trade ids recovered for a document issued before they were stored."""
+        with _transaction(db.for_writes(self._engine)) as conn:
+            if not _trade_ids(conn, invoice_id):
+                _insert_trade_ids(conn, invoice_id, trade_ids)
 
     def current(self, period: Period, counterparty: str | None = None) -> list[Invoice]:
         with _transaction(self._engine) as conn:
@@ -312,7 +443,7 @@ class BillingStore:
         self, where: InvoiceFilter, *, limit: int = 100, before_id: int | None = None
     ) -> list[Invoice]:
         """Matching invoices, newest first, ids below `before_id` (keyset pagination)."""
-        query = _filtered(sa.select(invoices), where).order_by(invoices.c.invoice_id.desc())
+        query = _filtered(_select(), where).order_by(invoices.c.invoice_id.desc())
         if before_id is not None:
             query = query.where(invoices.c.invoice_id < before_id)
         with _transaction(self._engine) as conn:
@@ -326,12 +457,16 @@ class BillingStore:
                 sa.func.coalesce(sa.func.sum(invoices.c.net_cents), 0),
                 sa.func.coalesce(sa.func.sum(invoices.c.vat_cents), 0),
                 sa.func.coalesce(sa.func.sum(invoices.c.gross_cents), 0),
-            ),
+                sa.func.coalesce(sa.func.sum(sa.case((_UNPAID, 1), else_=0)), 0),
+                sa.func.coalesce(
+                    sa.func.sum(sa.case((_UNPAID, invoices.c.gross_cents), else_=0)), 0
+                ),
+            ).select_from(_JOINED),
             where,
         )
-        last = _filtered(sa.select(invoices), where).order_by(invoices.c.invoice_id.desc())
+        last = _filtered(_select(), where).order_by(invoices.c.invoice_id.desc())
         with _transaction(self._engine) as conn:
-            count, net, vat, gross = conn.execute(totals).one()
+            count, net, vat, gross, unpaid, unpaid_gross = conn.execute(totals).one()
             row = conn.execute(last.limit(1)).first()
             last_invoice = None if row is None else _with_lines(conn, [row])[0]
         return InvoiceStats(
@@ -340,6 +475,8 @@ class BillingStore:
             vat_eur=_eur(int(vat)),
             gross_eur=_eur(int(gross)),
             last=last_invoice,
+            unpaid_count=int(unpaid),
+            unpaid_gross_eur=_eur(int(unpaid_gross)),
         )
 
     def numbers(self) -> list[str]:
@@ -361,11 +498,55 @@ def _filtered(query: sa.Select[Any], where: InvoiceFilter) -> sa.Select[Any]:
         query = query.where(invoices.c.issue_date >= where.issued_from)
     if where.issued_to is not None:
         query = query.where(invoices.c.issue_date <= where.issued_to)
+    if where.payment is PaymentFilter.PAID:
+        query = query.where(payments.c.kind == Settlement.PAYMENT.value)
+    elif where.payment is PaymentFilter.UNPAID:
+        query = query.where(_UNPAID)
     return query
 
 
+_JOINED = invoices.outerjoin(payments, payments.c.invoice_id == invoices.c.invoice_id)
+_CURRENT_INVOICE = sa.and_(
+    invoices.c.kind == InvoiceKind.INVOICE.value,
+    invoices.c.status == InvoiceStatus.ISSUED.value,
+)
+_UNPAID = sa.and_(_CURRENT_INVOICE, payments.c.invoice_id.is_(None))
+
+
+def _select() -> sa.Select[Any]:
+    """Documents with their settlement (if any)."""
+    return sa.select(
+        invoices,
+        payments.c.kind.label("settlement"),
+        payments.c.paid_on,
+        payments.c.reference.label("paid_reference"),
+    ).select_from(_JOINED)
+
+
+def _get(conn: Connection, invoice_id: int) -> Invoice | None:
+    row = conn.execute(_select().where(invoices.c.invoice_id == invoice_id)).first()
+    return None if row is None else _with_lines(conn, [row])[0]
+
+
+def _trade_ids(conn: Connection, invoice_id: int) -> tuple[int, ...]:
+    query = (
+        sa.select(invoice_trades.c.trade_id)
+        .where(invoice_trades.c.invoice_id == invoice_id)
+        .order_by(invoice_trades.c.trade_id)
+    )
+    return tuple(int(t) for t in conn.scalars(query))
+
+
+def _insert_trade_ids(conn: Connection, invoice_id: int, trade_ids: Sequence[int]) -> None:
+    if trade_ids:
+        conn.execute(
+            invoice_trades.insert(),
+            [{"invoice_id": invoice_id, "trade_id": t} for t in sorted(set(trade_ids))],
+        )
+
+
 def _current(conn: Connection, period: Period, counterparty: str | None) -> list[Invoice]:
-    query = sa.select(invoices).where(
+    query = _select().where(
         invoices.c.period == str(period),
         invoices.c.kind == InvoiceKind.INVOICE.value,
         invoices.c.status == InvoiceStatus.ISSUED.value,
@@ -445,6 +626,9 @@ def _invoice_from_row(row: sa.Row[Any], invoice_lines: tuple[InvoiceLine, ...]) 
         corrects_invoice_id=row.corrects_invoice_id,
         replaces_invoice_id=row.replaces_invoice_id,
         note=row.note,
+        settlement=None if row.settlement is None else Settlement(row.settlement),
+        paid_on=row.paid_on,
+        paid_reference=row.paid_reference,
     )
 
 

@@ -163,3 +163,106 @@ def test_errors_and_roles(client: TestClient, app: FastAPI) -> None:
     assert client.get("/api/billing/invoices", headers=viewer).status_code == 200
     anonymous = client.get("/api/billing/invoices", headers={"Authorization": ""})
     assert anonymous.status_code == 401
+
+
+def _exposure(client: TestClient, counterparty: str) -> dict[str, Any]:
+    answer = client.get("/api/credit/exposure", params={"counterparty": counterparty})
+    assert answer.status_code == 200, answer.text
+    found: dict[str, Any] = answer.json()["counterparties"][0]
+    return found
+
+
+def test_an_invoice_paid_settles_its_trades_in_credit(
+    client: TestClient, app: FastAPI, clock: SteppedClock
+) -> None:
+    for body in (_order("SELL", "beta", "40.01"), _order("BUY", "acme", "60.02")):
+        assert client.post("/api/orders", json=body).status_code == 201
+    clock.advance(timedelta(days=30))  # 2025-12-03: November is over; a December trade too
+    december = {"start": (DELIVERY.start + timedelta(days=30)).isoformat(), "product": "PT15M"}
+    for body in (_order("SELL", "beta", "30"), _order("BUY", "acme", "30", "1")):
+        assert client.post("/api/orders", json={**body, "delivery": december}).status_code == 201
+    before = _exposure(client, "acme")
+    # November: 1.5 MW x 0.25 h x 50.015 = 18.755625; December: 1 MW x 0.25 h x 30 = 7.50
+    assert (before["receivable_eur"], before["unsettled_trades"]) == ("26.26", 2)
+    beta_before = _exposure(client, "beta")
+
+    acme = client.post(
+        "/api/billing/generate", json={"period": "2025-11", "counterparty": "acme"}
+    ).json()["invoices"][0]
+    assert (acme["settlement"], acme["paid_on"], acme["paid_reference"]) == (None, None, None)
+    unpaid = client.get("/api/billing/invoices", params={"status": "unpaid"}).json()
+    assert [i["number"] for i in unpaid["invoices"]] == [acme["number"]]
+    assert (unpaid["stats"]["unpaid_count"], unpaid["stats"]["total_unpaid_gross_eur"]) == (
+        1,
+        "22.51",
+    )
+
+    url = f"/api/billing/invoice/{acme['id']}/paid"
+    viewer = bearer(str(app.state.auth.create(name="v", role=Role.VIEWER).token))
+    trader = bearer(str(app.state.auth.create(name="t", role=Role.TRADER).token))
+    body = {"paid_on": "2025-12-03", "reference": "BANK 4711"}
+    assert client.post(url, json=body, headers=viewer).status_code == 403
+    assert client.post(url, json=body, headers=trader).status_code == 403
+    future = client.post(url, json={"paid_on": "2099-01-01"})
+    assert future.status_code == 422 and "in the future" in future.json()["detail"]
+    assert client.post(url, json={"paid_on": "yesterday"}).status_code == 422
+    assert _exposure(client, "acme") == before
+
+    paid = client.post(url, json=body)
+    assert paid.status_code == 200, paid.text
+    assert (paid.json()["settlement"], paid.json()["paid_on"]) == ("payment", "2025-12-03")
+    assert paid.json()["paid_reference"] == "BANK 4711"
+    after = _exposure(client, "acme")
+    assert (after["receivable_eur"], after["unsettled_trades"]) == ("7.50", 1)  # December only
+    assert _exposure(client, "beta") == beta_before  # beta's own invoice is not paid
+    settlements = client.get("/api/credit/settlements", params={"counterparty": "acme"}).json()
+    assert [(s["reference"], s["amount_eur"], s["trade_ids"]) for s in settlements] == [
+        (acme["number"], "18.76", [1])
+    ]
+
+    assert client.post(url, json=body).json() == paid.json()  # idempotent
+    assert len(client.get("/api/credit/settlements").json()) == 1
+    other = client.post(url, json={"paid_on": "2025-12-02"})
+    assert other.status_code == 409 and "already paid" in other.json()["detail"]
+    assert client.post(url, json={"paid_on": "2025-12-03", "x": 1}).status_code == 422
+    assert client.post("/api/billing/invoice/999/paid", json=body).status_code == 404
+    listed = client.get("/api/billing/invoices", params={"status": "paid"}).json()
+    assert [i["number"] for i in listed["invoices"]] == [acme["number"]]
+    assert client.get("/api/billing/invoices", params={"status": "open"}).status_code == 422
+
+    refused = client.post(
+        "/api/billing/generate",
+        json={"period": "2025-11", "counterparty": "acme", "correction": True},
+    )
+    assert refused.status_code == 409 and "is paid" in refused.json()["detail"]
+    beta = client.post(
+        "/api/billing/generate", json={"period": "2025-11", "counterparty": "beta"}
+    ).json()["invoices"][0]
+    fixed = client.post(
+        "/api/billing/generate",
+        json={"period": "2025-11", "counterparty": "beta", "correction": True},
+    ).json()
+    note = client.get("/api/billing/invoices", params={"kind": "credit_note"}).json()["invoices"][0]
+    assert (note["settlement"], note["paid_reference"]) == ("offset", beta["number"])
+    for refused_id, why in ((note["id"], "is a credit note"), (beta["id"], "was corrected")):
+        answer = client.post(f"/api/billing/invoice/{refused_id}/paid", json=body)
+        assert answer.status_code == 409 and why in answer.json()["detail"]
+    new_beta = fixed["invoices"][0]
+    assert new_beta["replaces_invoice_id"] == beta["id"] and new_beta["settlement"] is None
+
+
+def test_credit_refusing_the_settlement_marks_nothing_paid(
+    client: TestClient, app: FastAPI, clock: SteppedClock
+) -> None:
+    for body in (_order("SELL", "beta", "40.01"), _order("BUY", "acme", "60.02")):
+        assert client.post("/api/orders", json=body).status_code == 201
+    clock.advance(timedelta(days=30))
+    acme = client.post(
+        "/api/billing/generate", json={"period": "2025-11", "counterparty": "acme"}
+    ).json()["invoices"][0]
+    by_hand = {"counterparty": "acme", "trade_ids": [1], "settled_on": "2025-12-01"}
+    assert client.post("/api/credit/settlements", json=by_hand).status_code == 201
+    answer = client.post(f"/api/billing/invoice/{acme['id']}/paid", json={"paid_on": "2025-12-03"})
+    assert answer.status_code == 409
+    assert f"credit refused to settle the trades of invoice {acme['number']}" in answer.text
+    assert client.get(f"/api/billing/invoices/{acme['id']}").json()["paid_on"] is None
