@@ -233,6 +233,13 @@ def create_app(
             stack.enter_context(
                 _every(credit.refresh, settings.credit_refresh_interval_s, "credit refresh")
             )
+
+            def expire_orders() -> None:  # resting orders past gate closure -> order.expired
+                hub.publish_many(exchange_api.expiry_events(exchange.expire_due()))
+
+            stack.enter_context(
+                _every(expire_orders, settings.exchange_expiry_interval_s, "order expiry")
+            )
             # Market data: the price store and the scheduled feed (control_plane/market).
             prices, feed = await asyncio.to_thread(
                 open_market, engine, settings, clock=clock, metrics=market_metrics
