@@ -233,12 +233,12 @@ def create_app(
             stack.enter_context(
                 _every(credit.refresh, settings.credit_refresh_interval_s, "credit refresh")
             )
-
-            def expire_orders() -> None:  # resting orders past gate closure -> order.expired
-                hub.publish_many(exchange_api.expiry_events(exchange.expire_due()))
-
-            stack.enter_context(
-                _every(expire_orders, settings.exchange_expiry_interval_s, "order expiry")
+            stack.enter_context(  # resting orders past gate closure -> order.expired
+                _every(
+                    lambda: exchange_api.publish_expiries(exchange, hub),
+                    settings.exchange_expiry_interval_s,
+                    "order expiry",
+                )
             )
             # Market data: the price store and the scheduled feed (control_plane/market).
             prices, feed = await asyncio.to_thread(

@@ -237,6 +237,14 @@ def expiry_events(expired: Iterable[Order]) -> list[tuple[str, dict[str, Any]]]:
     return [("order.expired", dump(OrderPublic.of(order))) for order in expired]
 
 
+def publish_expiries(exchange: Exchange, hub: EventHub) -> list[Order]:
+    """The app's periodic sweep (blocking: run it in a worker thread): expire what reached
+    gate closure and publish `order.expired` for every order expired since the last sweep."""
+    expired = exchange.expire_due()
+    hub.publish_many(expiry_events(expired))
+    return expired
+
+
 async def place(
     body: OrderCreate,
     *,
