@@ -235,6 +235,13 @@ def create_app(
             stack.enter_context(
                 _every(credit.refresh, settings.credit_refresh_interval_s, "credit refresh")
             )
+            stack.enter_context(  # resting orders past gate closure -> order.expired
+                _every(
+                    lambda: exchange_api.publish_expiries(exchange, hub),
+                    settings.exchange_expiry_interval_s,
+                    "order expiry",
+                )
+            )
             # Market data: the price store and the scheduled feed (control_plane/market).
             prices, feed = await asyncio.to_thread(
                 open_market, engine, settings, clock=clock, metrics=market_metrics

@@ -99,6 +99,13 @@ class PlaneSettings(BaseSettings):
         validation_alias=AliasChoices("POLICY_PATH", "policy_path"),
         description="exchange pre-trade policy (YAML); unset = the built-in defaults",
     )
+    exchange_expiry_interval_s: float = Field(
+        default=30.0,
+        ge=1,
+        le=3600,
+        description="seconds between two sweeps that expire resting orders at gate closure "
+        "(placing, cancelling and listing expire due orders anyway)",
+    )
     sqlite_synchronous: Literal["FULL", "NORMAL"] = Field(
         default="FULL",
         description="SQLite durability: FULL (an acknowledged trade survives a power loss) or "

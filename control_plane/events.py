@@ -57,6 +57,7 @@ EVENT_TYPES: Final = frozenset(
         "order.partially_filled",
         "order.filled",
         "order.cancelled",
+        "order.expired",  # control_plane/exchange: a resting order reached gate closure
         "trade",
         "telemetry",
         "alarm",

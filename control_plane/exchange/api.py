@@ -13,7 +13,8 @@ Answers:
   maximum, price outside the market's bounds or off the tick, delivery in the past or inside
   the gate closure, ...) is **422** in FastAPI's own shape, ``{"detail": [{"type", "loc",
   "msg", "allowed"}]}``; nothing is stored and the input is not echoed.
-- Unknown order id: **404**; cancelling an order that is no longer open: **409**.
+- Unknown order id: **404**; cancelling an order that is no longer open: **409** (an order
+  that expired at gate closure says so, with the time it closed).
 - The store failed (`StoreError`): **503** with `Retry-After`; nothing of the call was stored.
 
 Lists are newest first with keyset pagination: `limit` items and `next_cursor`; pass it back as
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Annotated, Any, ParamSpec, TypeVar
 
@@ -57,7 +58,7 @@ from .marketdata import (
     market_quotes,
     trading_day_start,
 )
-from .models import DeliveryPeriod, OrderState, PlacedOrder, Side, hourly_as_quarters
+from .models import DeliveryPeriod, Order, OrderState, PlacedOrder, Side, hourly_as_quarters
 from .schemas import (
     BookLevelPublic,
     DecimalIn,
@@ -229,6 +230,19 @@ def placement_events(placed: PlacedOrder) -> list[tuple[str, dict[str, Any]]]:
         elif touched.state is OrderState.PARTIALLY_FILLED:
             events.append(("order.partially_filled", dump(OrderPublic.of(touched))))
     return events
+
+
+def expiry_events(expired: Iterable[Order]) -> list[tuple[str, dict[str, Any]]]:
+    """One `order.expired` event per order that expired at gate closure."""
+    return [("order.expired", dump(OrderPublic.of(order))) for order in expired]
+
+
+def publish_expiries(exchange: Exchange, hub: EventHub) -> list[Order]:
+    """The app's periodic sweep (blocking: run it in a worker thread): expire what reached
+    gate closure and publish `order.expired` for every order expired since the last sweep."""
+    expired = exchange.expire_due()
+    hub.publish_many(expiry_events(expired))
+    return expired
 
 
 async def place(

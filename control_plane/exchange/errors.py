@@ -12,6 +12,7 @@
     │   └── InvalidFieldError              side, portfolio, counterparty, site
     ├── OrderNotFoundError (LookupError)   no order with that id
     ├── OrderNotOpenError                  cancel of an order that is FILLED/CANCELLED/REJECTED
+    │   └── OrderExpiredError              ... or EXPIRED: its product passed gate closure
     └── StoreError                         persistence failed (unreachable, cannot migrate, a
         │                                  newer schema); the call stored nothing and the
         │                                  in-memory books are as they were before it
@@ -24,12 +25,15 @@ with the check's reason and returned like any other placement.
 
 from __future__ import annotations
 
+from datetime import datetime
+
 __all__ = [
     "ExchangeError",
     "InvalidDeliveryError",
     "InvalidFieldError",
     "InvalidPriceError",
     "InvalidQuantityError",
+    "OrderExpiredError",
     "OrderNotFoundError",
     "OrderNotOpenError",
     "OrderValidationError",
@@ -89,6 +93,22 @@ class OrderNotOpenError(ExchangeError):
         self.order_id = order_id
         self.state = state
         super().__init__(f"order {order_id} is {state}, only open orders can be cancelled")
+
+
+class OrderExpiredError(OrderNotOpenError):
+    """The order cannot be cancelled: it expired when its product reached gate closure."""
+
+    def __init__(self, order_id: int, *, gate_closure_at: datetime, delivery: str) -> None:
+        self.gate_closure_at = gate_closure_at
+        self.delivery = delivery
+        ExchangeError.__init__(
+            self,
+            f"order {order_id} expired at gate closure {gate_closure_at.isoformat()} of "
+            f"delivery {delivery}: it no longer rests in the book and cannot be cancelled "
+            "(what it traded before stays traded)",
+        )
+        self.order_id = order_id
+        self.state = "EXPIRED"
 
 
 class StoreError(ExchangeError):

@@ -12,7 +12,8 @@ beside it (STYLE 12), from `control_plane.exchange.exposure`:
   sell - average buy price) per market-quarter.
 
 Counters: `bess_plane_orders_total{market,outcome}` (outcome of the incoming order: accepted =
-rests unfilled, partially_filled, filled, rejected; cancelled on a cancel),
+rests unfilled, partially_filled, filled, rejected; cancelled on a cancel; expired when a
+resting order reaches its product's gate closure),
 `bess_plane_trades_total{market}`, `bess_plane_traded_energy_mwh_total{market}` and
 `bess_plane_order_rejections_total{check}` (the pre-trade check that refused the order).
 
@@ -36,6 +37,7 @@ _OUTCOME = {
     OrderState.FILLED: "filled",
     OrderState.REJECTED: "rejected",
     OrderState.CANCELLED: "cancelled",
+    OrderState.EXPIRED: "expired",
 }
 
 
@@ -67,7 +69,7 @@ class ExchangeMetrics:
         )
         self.orders = Counter(
             "bess_plane_orders_total",
-            "Orders placed (outcome of the incoming order) and cancelled",
+            "Orders placed (outcome of the incoming order), cancelled and expired",
             ["market", "outcome"],
             registry=registry,
         )
@@ -99,6 +101,10 @@ class ExchangeMetrics:
 
     def cancelled(self, market: str) -> None:
         self.orders.labels(market=market, outcome="cancelled").inc()
+
+    def expired(self, market: str, count: int = 1) -> None:
+        """Count resting orders of `market` that expired at gate closure."""
+        self.orders.labels(market=market, outcome="expired").inc(count)
 
     def exposure(self, exposure: PortfolioExposure) -> None:
         """Set the three gauges of one portfolio."""

@@ -58,13 +58,15 @@ class Side(StrEnum):
 
 
 class OrderState(StrEnum):
-    """Life cycle: ACCEPTED -> PARTIALLY_FILLED -> FILLED; open ones may become CANCELLED."""
+    """Life cycle: ACCEPTED -> PARTIALLY_FILLED -> FILLED; open ones may become CANCELLED, or
+    EXPIRED when their product reaches gate closure (what was filled before stays traded)."""
 
     ACCEPTED = "ACCEPTED"
     PARTIALLY_FILLED = "PARTIALLY_FILLED"
     FILLED = "FILLED"
     CANCELLED = "CANCELLED"
     REJECTED = "REJECTED"
+    EXPIRED = "EXPIRED"
 
     @property
     def is_open(self) -> bool:

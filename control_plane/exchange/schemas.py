@@ -151,7 +151,9 @@ class DeliveryPublic(BaseModel):
 class OrderPublic(BaseModel):
     order_id: int
     side: Side
-    state: str = Field(description="ACCEPTED, PARTIALLY_FILLED, FILLED, CANCELLED or REJECTED")
+    state: str = Field(
+        description="ACCEPTED, PARTIALLY_FILLED, FILLED, CANCELLED, REJECTED or EXPIRED"
+    )
     quantity_mw: DecimalOut
     filled_mw: DecimalOut
     remaining_mw: DecimalOut = Field(description="still tradable: 0 once the order is closed")

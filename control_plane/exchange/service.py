@@ -31,12 +31,27 @@ flight): the store, not memory, is the truth.
 
 **Time** comes from the injected clock (UTC-aware). An order whose delivery period starts
 within the market's gate closure, or has started, is refused.
+
+**Expiry at gate closure.** A resting order whose product reaches gate closure (delivery start
+minus the market's `gate_closure` <= now) can no longer trade: it becomes EXPIRED, keeping
+what it filled before. `expire_due` is the sweep (the app runs it periodically); besides, every
+method that places, cancels or shows open orders or books first expires what is due, under the
+lock, before it answers. Expiring first rather than filtering: the store's rows stay the truth
+for every reader (the order pages read the store, credit reads it for open orders' exposure,
+the SoC check reads a site's orders), paging cursors stay exact, and `?state=expired` shows an
+order as soon as it is no longer open, whether or not the sweep has run. Expiry is one
+transaction for everything due, with the same conditional updates as a cancel; the books and
+metrics change only after it committed. After a restart the reload puts the due orders back
+into the books and the first call expires them, so none is ever shown or matched as open.
+Orders expired lazily are kept (bounded) for the next `expire_due` call to return, so the
+sweep reports every expiry (the app turns them into `order.expired` events).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -48,6 +63,7 @@ from control_plane.exchange.errors import (
     InvalidFieldError,
     InvalidPriceError,
     InvalidQuantityError,
+    OrderExpiredError,
     OrderNotFoundError,
     OrderNotOpenError,
     OrderValidationError,
@@ -86,6 +102,8 @@ methods (the lock is re-entrant) but must not place or cancel orders. Its `name`
 `__name__`) labels the rejection in the metrics."""
 
 MAX_NAME_LENGTH = 64
+MAX_UNREPORTED_EXPIRIES = 10_000
+"""Lazily expired orders kept for the next `expire_due` (the oldest go first beyond this)."""
 
 
 def utc_now() -> datetime:
@@ -119,6 +137,9 @@ class Exchange:
         self._book_of: dict[int, BookKey] = {}
         self._last_order_id = 0
         self._last_trade_id = 0
+        self._next_closure: datetime | None = None
+        """At or before the earliest gate closure of any book (None: no books)."""
+        self._unreported: deque[Order] = deque(maxlen=MAX_UNREPORTED_EXPIRIES)
         self._stale = True
         with self._lock:
             self._reload()
@@ -136,8 +157,8 @@ class Exchange:
     def place_order(self, *, order: NewOrder) -> PlacedOrder:
         """Validate, check, match and store `order`; the order as it ended and its trades."""
         with self._lock:
-            self._ensure_fresh()
             now = self._now()
+            self._settle(now)
             candidate = self._validate(order, now=now, order_id=self._last_order_id + 1)
             refusal = self._pre_trade_reason(candidate)
             if refusal is not None:
@@ -179,15 +200,21 @@ class Exchange:
         """Take an open order out of its book; the order in its CANCELLED state.
 
         `OrderNotFoundError` if there is no such order, `OrderNotOpenError` if it is filled,
-        cancelled or rejected already.
+        cancelled or rejected already, `OrderExpiredError` if it expired at gate closure.
         """
         with self._lock:
-            self._ensure_fresh()
+            self._settle(self._now())
             key = self._book_of.get(order_id)
             if key is None:
                 stored = self._store.get_order(order_id)
                 if stored is None:
                     raise OrderNotFoundError(order_id)
+                if stored.state is OrderState.EXPIRED:
+                    raise OrderExpiredError(
+                        order_id,
+                        gate_closure_at=self._closes(stored.book_key),
+                        delivery=stored.delivery.product_id,
+                    )
                 raise OrderNotOpenError(order_id, stored.state.value)
             book = self._books[key]
             current = book.get(order_id)
@@ -203,12 +230,27 @@ class Exchange:
             self._keep(book)
             return cancelled
 
+    def expire_due(self, *, now: datetime | None = None) -> list[Order]:
+        """Expire every resting order whose product reached gate closure (the sweep).
+
+        Returns the orders that expired since the last call, oldest id first: those this call
+        expired and those other calls expired lazily in between (at most
+        `MAX_UNREPORTED_EXPIRIES`). `now` defaults to the engine's clock. `StoreError` if the
+        expiry could not be stored (nothing changed then; the next call tries again).
+        """
+        with self._lock:
+            self._settle(self._now() if now is None else _aware(now))
+            expired = sorted(self._unreported, key=lambda o: o.order_id)
+            self._unreported.clear()
+        return expired
+
     # -- reads ----------------------------------------------------------------------------
 
     def get_order(self, *, order_id: int) -> Order:
         """The order's current state (`OrderNotFoundError` if there is none)."""
         with self._lock:
-            key = None if self._stale else self._book_of.get(order_id)
+            self._settle(self._now())
+            key = self._book_of.get(order_id)
             if key is not None:
                 current = self._books[key].get(order_id)
                 if current is not None:
@@ -223,7 +265,7 @@ class Exchange:
         self._markets.get(market)
         key = BookKey(market, delivery)
         with self._lock:
-            self._ensure_fresh()
+            self._settle(self._now())
             book = self._books.get(key)
             return book.snapshot() if book is not None else BookSnapshot(key, (), ())
 
@@ -233,7 +275,7 @@ class Exchange:
         """(best bid, best ask) in EUR/MWh, None for an empty side; O(1)."""
         self._markets.get(market)
         with self._lock:
-            self._ensure_fresh()
+            self._settle(self._now())
             book = self._books.get(BookKey(market, delivery))
             if book is None:
                 return None, None
@@ -242,13 +284,13 @@ class Exchange:
     def book_keys(self) -> list[BookKey]:
         """Every book that has resting orders, sorted by market and delivery."""
         with self._lock:
-            self._ensure_fresh()
+            self._settle(self._now())
             return sorted(self._books)
 
     def open_orders(self, *, portfolio: str | None = None) -> list[Order]:
         """Resting orders, oldest first."""
         with self._lock:
-            self._ensure_fresh()
+            self._settle(self._now())
             found = [
                 order
                 for book in self._books.values()
@@ -270,6 +312,8 @@ class Exchange:
         limit: int | None = None,
     ) -> list[Order]:
         """Stored orders in any state, newest first (a page below `before_id` when given)."""
+        with self._lock:
+            self._settle(self._now())
         return self._store.list_orders(
             states=states,
             portfolio=portfolio,
@@ -309,6 +353,8 @@ class Exchange:
         self, *, site: str, delivery_from: datetime, delivery_to: datetime
     ) -> list[Order]:
         """The site's open or (partly) filled orders delivering in [from, to), oldest first."""
+        with self._lock:
+            self._settle(self._now())
         return self._store.site_orders(
             site=site, delivery_from=delivery_from, delivery_to=delivery_to
         )
@@ -344,6 +390,48 @@ class Exchange:
         if self._stale:
             self._reload()
 
+    def _closes(self, key: BookKey) -> datetime:
+        """When trading in the book's product stops (a market no longer configured: at its
+        delivery start)."""
+        if key.market in self._markets:
+            return key.delivery.start - self._markets.get(key.market).gate_closure
+        return key.delivery.start
+
+    def _settle(self, now: datetime) -> None:
+        """Reload if stale, then expire every book whose product reached gate closure."""
+        self._ensure_fresh()
+        if self._next_closure is None or now < self._next_closure:
+            return
+        due = sorted(key for key in self._books if self._closes(key) <= now)
+        expired = [
+            replace(order, state=OrderState.EXPIRED, updated_at=now)
+            for key in due
+            for order in sorted(self._books[key].orders(), key=lambda o: o.order_id)
+        ]
+        if expired:
+            self._commit(lambda: self._store.commit_expiry(expired))
+            if self._metrics is not None:
+                for key in due:
+                    self._metrics.expired(key.market, len(self._books[key]))
+            for order in expired:
+                del self._book_of[order.order_id]
+            for key in due:
+                del self._books[key]
+            if len(self._unreported) + len(expired) > MAX_UNREPORTED_EXPIRIES:
+                log.warning(
+                    "exchange: more than %d expiries not yet collected by expire_due; the "
+                    "oldest are no longer reported (is the expiry sweep running?)",
+                    MAX_UNREPORTED_EXPIRIES,
+                )
+            self._unreported.extend(expired)
+            log.info(
+                "exchange: %d orders in %d books expired at gate closure (%s)",
+                len(expired),
+                len(due),
+                ", ".join(str(key) for key in due),
+            )
+        self._next_closure = min((self._closes(key) for key in self._books), default=None)
+
     def _reload(self) -> None:
         """Rebuild the books from the store's open orders and the positions from its trades
         (at start and after a failure)."""
@@ -362,6 +450,7 @@ class Exchange:
         self._books, self._book_of = books, book_of
         self._last_order_id, self._last_trade_id = last_order_id, last_trade_id
         self._positions = positions
+        self._next_closure = min((self._closes(key) for key in books), default=None)
         self._stale = False
         if self._metrics is not None:
             for exposure in positions:
@@ -387,6 +476,9 @@ class Exchange:
     def _keep(self, book: OrderBook) -> None:
         if len(book):
             self._books[book.key] = book
+            closes = self._closes(book.key)
+            if self._next_closure is None or closes < self._next_closure:
+                self._next_closure = closes
         else:
             self._books.pop(book.key, None)
 
@@ -460,6 +552,12 @@ class Exchange:
             created_at=now,
             updated_at=now,
         )
+
+
+def _aware(now: datetime) -> datetime:
+    if not isinstance(now, datetime) or now.tzinfo is None:
+        raise ValueError(f"now must be a timezone-aware datetime, got {now!r}")
+    return now.astimezone(UTC)
 
 
 def _filled(order: Order, filled_mw: Decimal, *, now: datetime) -> Order:

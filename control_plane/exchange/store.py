@@ -96,6 +96,11 @@ class OrderStore(Protocol):
         """Store an open order's cancellation (`order` in its CANCELLED state)."""
         ...
 
+    def commit_expiry(self, expired: Sequence[Order]) -> None:
+        """Store open orders' expiry at gate closure (each in its EXPIRED state, filled part
+        unchanged), all in one transaction; `StoreConflictError` if any is no longer open."""
+        ...
+
     def get_order(self, order_id: int) -> Order | None: ...
 
     def list_orders(
@@ -204,6 +209,14 @@ class MemoryOrderStore:
             raise StoreConflictError(f"order {order.order_id} changed under the engine")
         self._orders[order.order_id] = order
 
+    def commit_expiry(self, expired: Sequence[Order]) -> None:
+        for order in expired:
+            before = self._orders.get(order.order_id)
+            if before is None or not before.is_open or before.filled_mw != order.filled_mw:
+                raise StoreConflictError(f"order {order.order_id} changed under the engine")
+        for order in expired:
+            self._orders[order.order_id] = order
+
     def get_order(self, order_id: int) -> Order | None:
         return self._orders.get(order_id)
 
@@ -277,6 +290,12 @@ class MemoryOrderStore:
 # -- SQL schema -----------------------------------------------------------------------------
 
 
+_V1_STATE_CHECK = "state IN ('ACCEPTED', 'PARTIALLY_FILLED', 'FILLED', 'CANCELLED', 'REJECTED')"
+_V4_STATE_CHECK = (
+    "state IN ('ACCEPTED', 'PARTIALLY_FILLED', 'FILLED', 'CANCELLED', 'REJECTED', 'EXPIRED')"
+)
+
+
 class UtcDateTime(sa.types.TypeDecorator[datetime]):
     """Aware UTC datetimes on both backends (SQLite: naive UTC text; PostgreSQL: timestamptz)."""
 
@@ -298,6 +317,7 @@ class UtcDateTime(sa.types.TypeDecorator[datetime]):
 
 
 metadata = sa.MetaData()
+"""The tables as the latest migration leaves them (what the store's queries use)."""
 
 orders = sa.Table(
     "exchange_orders",
@@ -318,10 +338,7 @@ orders = sa.Table(
     sa.Column("created_at", UtcDateTime, nullable=False),
     sa.Column("updated_at", UtcDateTime, nullable=False),
     sa.CheckConstraint("side IN ('BUY', 'SELL')", name="ck_exchange_orders_side"),
-    sa.CheckConstraint(
-        "state IN ('ACCEPTED', 'PARTIALLY_FILLED', 'FILLED', 'CANCELLED', 'REJECTED')",
-        name="ck_exchange_orders_state",
-    ),
+    sa.CheckConstraint(_V4_STATE_CHECK, name="ck_exchange_orders_state"),
     sa.CheckConstraint("quantity_kw > 0", name="ck_exchange_orders_quantity"),
     sa.CheckConstraint(
         "filled_kw >= 0 AND filled_kw <= quantity_kw", name="ck_exchange_orders_filled"
@@ -355,8 +372,65 @@ trades = sa.Table(
 )
 
 
+# Migration 1's tables exactly as it shipped (a frozen copy: the live tables above have
+# changed since, migration 4 widened the state check).
+_v1_metadata = sa.MetaData()
+
+_v1_orders = sa.Table(
+    "exchange_orders",
+    _v1_metadata,
+    sa.Column("order_id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("market", sa.String(32), nullable=False),
+    sa.Column("delivery_start", UtcDateTime, nullable=False),
+    sa.Column("delivery_minutes", sa.SmallInteger, nullable=False),
+    sa.Column("side", sa.String(4), nullable=False),
+    sa.Column("quantity_kw", sa.BigInteger, nullable=False),
+    sa.Column("limit_price_meur_per_mwh", sa.BigInteger, nullable=False),
+    sa.Column("portfolio", sa.String(64), nullable=False),
+    sa.Column("counterparty", sa.String(64), nullable=False),
+    sa.Column("site", sa.String(64), nullable=True),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("filled_kw", sa.BigInteger, nullable=False),
+    sa.Column("reject_reason", sa.Text, nullable=True),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+    sa.CheckConstraint("side IN ('BUY', 'SELL')", name="ck_exchange_orders_side"),
+    sa.CheckConstraint(_V1_STATE_CHECK, name="ck_exchange_orders_state"),
+    sa.CheckConstraint("quantity_kw > 0", name="ck_exchange_orders_quantity"),
+    sa.CheckConstraint(
+        "filled_kw >= 0 AND filled_kw <= quantity_kw", name="ck_exchange_orders_filled"
+    ),
+    sa.CheckConstraint("delivery_minutes IN (15, 60)", name="ck_exchange_orders_product"),
+)
+
+_v1_trades = sa.Table(
+    "exchange_trades",
+    _v1_metadata,
+    sa.Column("trade_id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("market", sa.String(32), nullable=False),
+    sa.Column("delivery_start", UtcDateTime, nullable=False),
+    sa.Column("delivery_minutes", sa.SmallInteger, nullable=False),
+    sa.Column(
+        "buy_order_id", sa.BigInteger, sa.ForeignKey("exchange_orders.order_id"), nullable=False
+    ),
+    sa.Column(
+        "sell_order_id", sa.BigInteger, sa.ForeignKey("exchange_orders.order_id"), nullable=False
+    ),
+    sa.Column("buy_portfolio", sa.String(64), nullable=False),
+    sa.Column("sell_portfolio", sa.String(64), nullable=False),
+    sa.Column("buy_counterparty", sa.String(64), nullable=False),
+    sa.Column("sell_counterparty", sa.String(64), nullable=False),
+    sa.Column("quantity_kw", sa.BigInteger, nullable=False),
+    sa.Column("price_meur_per_mwh", sa.BigInteger, nullable=False),
+    sa.Column("aggressor", sa.String(4), nullable=False),
+    sa.Column("executed_at", UtcDateTime, nullable=False),
+    sa.CheckConstraint("quantity_kw > 0", name="ck_exchange_trades_quantity"),
+    sa.CheckConstraint("aggressor IN ('BUY', 'SELL')", name="ck_exchange_trades_aggressor"),
+)
+
+
 def _v1_tables(conn: Connection) -> None:
-    metadata.create_all(conn, tables=[orders, trades], checkfirst=False)
+    _v1_metadata.create_all(conn, checkfirst=False)
 
 
 def _v2_indexes(conn: Connection) -> None:
@@ -385,10 +459,64 @@ def _v3_site_index(conn: Connection) -> None:
     )
 
 
+def _v4_expired_state(conn: Connection) -> None:
+    """Allow the state EXPIRED (resting orders whose product reached gate closure)."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(
+            sa.text("ALTER TABLE exchange_orders DROP CONSTRAINT ck_exchange_orders_state")
+        )
+        conn.execute(
+            sa.text(
+                "ALTER TABLE exchange_orders ADD CONSTRAINT ck_exchange_orders_state"
+                f" CHECK ({_V4_STATE_CHECK})"
+            )
+        )
+        return
+    # SQLite cannot alter a CHECK constraint: the table is rebuilt from its own CREATE
+    # statement with the wider check. Foreign keys are on and cannot be switched off inside
+    # the migration's transaction, and dropping a referenced table would break the trades'
+    # references; so both tables move aside (renaming the orders table rewrites the trades'
+    # reference to follow it), both are created afresh, copied, and the old ones dropped,
+    # children first. Their indexes go with the old tables and are created again.
+    names = ("exchange_orders", "exchange_trades")
+    schema = {
+        row.name: row.sql
+        for row in conn.execute(
+            sa.text(
+                "SELECT type, name, sql FROM sqlite_master"
+                " WHERE tbl_name IN ('exchange_orders', 'exchange_trades') AND sql IS NOT NULL"
+            )
+        )
+    }
+    create_orders = schema["exchange_orders"]
+    if create_orders.count(_V1_STATE_CHECK) != 1:
+        raise StoreError(
+            "exchange migration 4: exchange_orders does not carry the expected state check "
+            f"{_V1_STATE_CHECK!r}; the schema was changed by hand, restore it or migrate it "
+            "manually"
+        )
+    creates = {
+        "exchange_orders": create_orders.replace(_V1_STATE_CHECK, _V4_STATE_CHECK),
+        "exchange_trades": schema["exchange_trades"],
+    }
+    indexes = [sql for name, sql in schema.items() if name not in names]
+    for name in names:
+        conn.execute(sa.text(f"ALTER TABLE {name} RENAME TO {name}_v3"))
+    for name in names:
+        conn.execute(sa.text(creates[name]))
+        # the two fixed table names above, no input
+        conn.execute(sa.text(f"INSERT INTO {name} SELECT * FROM {name}_v3"))  # noqa: S608
+    for name in reversed(names):
+        conn.execute(sa.text(f"DROP TABLE {name}_v3"))
+    for sql in indexes:
+        conn.execute(sa.text(sql))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "orders and trades", _v1_tables),
     Migration(2, "indexes: open orders, portfolios, trades per order and book", _v2_indexes),
     Migration(3, "index: orders per site and delivery (SoC feasibility)", _v3_site_index),
+    Migration(4, "order state EXPIRED (gate closure)", _v4_expired_state),
 )
 
 
@@ -630,6 +758,15 @@ class SqlOrderStore:
             self._update_open(
                 conn, order, filled_before_kw=_to_units(order.filled_mw, QUANTITY_STEP_MW)
             )
+
+    def commit_expiry(self, expired: Sequence[Order]) -> None:
+        if not expired:
+            return
+        with self._write() as conn:
+            for order in expired:
+                self._update_open(
+                    conn, order, filled_before_kw=_to_units(order.filled_mw, QUANTITY_STEP_MW)
+                )
 
     def _update_open(self, conn: Connection, order: Order, *, filled_before_kw: int) -> None:
         result = conn.execute(

@@ -218,7 +218,7 @@ def test_migrations_run_once_and_upgrade_an_old_store(
         make_exchange(old).place_order(order=order(Side.SELL, "1", "50"))
     engine = create_engine(store_url)
     try:
-        assert migrate(engine) == [2, 3]
+        assert migrate(engine) == [2, 3, 4]
         assert migrate(engine) == []
         inspector = sa.inspect(engine)
         indexes = {ix["name"] for ix in inspector.get_indexes(orders.name)}
@@ -233,7 +233,7 @@ def test_migrations_run_once_and_upgrade_an_old_store(
                 .where(db.schema_migrations.c.service == "exchange")
                 .order_by(db.schema_migrations.c.version)
             ).all()
-        assert versions == [1, 2, 3]
+        assert versions == [1, 2, 3, 4]
         # the schema the migrations built is the one the store's queries expect
         for table in (orders, trades):
             columns = {c["name"]: c for c in inspector.get_columns(table.name)}
