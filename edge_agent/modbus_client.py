@@ -472,7 +472,10 @@ class ModbusConnection:
             client = self._client
             if self._closed:
                 raise self._failed(ConnectionLost(f"{self.name}: connection closed"))
-            if client is None or not client.connected:
+            # While a reconnect runs, its new connection may already be up before the attempt
+            # finishes and bumps `generation`: a request must not slip onto it under the old
+            # generation (callers re-read device layout, e.g. SunSpec discovery, per generation).
+            if client is None or not client.connected or self.reconnecting:
                 self._start_reconnect()
                 raise self._failed(ConnectionLost(self._not_connected_text()))
             sent = time.monotonic()
