@@ -409,7 +409,9 @@ class ModbusConnection:
 
     @property
     def connected(self) -> bool:
-        return self._client is not None and self._client.connected
+        """The connection is up and usable: not while a reconnect attempt is still finishing
+        (its transport can be up before `generation` moves on, see `_request`)."""
+        return self._client is not None and self._client.connected and not self.reconnecting
 
     @property
     def generation(self) -> int:
@@ -475,7 +477,7 @@ class ModbusConnection:
             # While a reconnect runs, its new connection may already be up before the attempt
             # finishes and bumps `generation`: a request must not slip onto it under the old
             # generation (callers re-read device layout, e.g. SunSpec discovery, per generation).
-            if client is None or not client.connected or self.reconnecting:
+            if client is None or not self.connected:
                 self._start_reconnect()
                 raise self._failed(ConnectionLost(self._not_connected_text()))
             sent = time.monotonic()
