@@ -97,7 +97,9 @@ class TradeSource(Protocol):
         self, *, limit: int | None = None, before_id: int | None = None
     ) -> list[Trade]: ...
 
-    def list_orders(self, *, states: Iterable[OrderState] | None = None) -> list[Order]: ...
+    def list_orders(
+        self, *, counterparty: str | None = None, states: Iterable[OrderState] | None = None
+    ) -> list[Order]: ...
 
 
 class CreditMetrics:
@@ -434,9 +436,9 @@ class CreditService:
         masters = self._master_data()
         now = self._now()
         open_orders: dict[str, list[Order]] = {}
-        for order in self._trades.list_orders(states=_OPEN):
-            if only is None or order.counterparty == only:
-                open_orders.setdefault(order.counterparty, []).append(order)
+        # One counterparty (the pre-trade check, on every placement): only its open orders.
+        for order in self._trades.list_orders(counterparty=only, states=_OPEN):
+            open_orders.setdefault(order.counterparty, []).append(order)
         names = (
             {only}
             if only is not None

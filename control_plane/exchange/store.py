@@ -107,6 +107,7 @@ class OrderStore(Protocol):
         self,
         *,
         portfolio: str | None = None,
+        counterparty: str | None = None,
         states: Iterable[OrderState] | None = None,
         limit: int | None = None,
         market: str | None = None,
@@ -224,6 +225,7 @@ class MemoryOrderStore:
         self,
         *,
         portfolio: str | None = None,
+        counterparty: str | None = None,
         states: Iterable[OrderState] | None = None,
         limit: int | None = None,
         market: str | None = None,
@@ -237,6 +239,7 @@ class MemoryOrderStore:
             o
             for o in sorted(self._orders.values(), key=lambda o: -o.order_id)
             if (portfolio is None or o.portfolio == portfolio)
+            and (counterparty is None or o.counterparty == counterparty)
             and (wanted is None or o.state in wanted)
             and (market is None or o.market == market)
             and (side is None or o.side is side)
@@ -794,6 +797,7 @@ class SqlOrderStore:
         self,
         *,
         portfolio: str | None = None,
+        counterparty: str | None = None,
         states: Iterable[OrderState] | None = None,
         limit: int | None = None,
         market: str | None = None,
@@ -805,6 +809,8 @@ class SqlOrderStore:
         query = sa.select(orders).order_by(orders.c.order_id.desc())
         if portfolio is not None:
             query = query.where(orders.c.portfolio == portfolio)
+        if counterparty is not None:
+            query = query.where(orders.c.counterparty == counterparty)
         if states is not None:
             query = query.where(orders.c.state.in_([s.value for s in states]))
         if market is not None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Final, Protocol
@@ -163,15 +164,42 @@ def build_positions(
     """The portfolio's open positions from the running quarter on (module doc).
 
     `extra_trades` are added as if committed: the pre-trade check's worst-case fill."""
+    inputs = load_inputs(portfolio, now=now, trades=trades, dispatch=dispatch)
+    return positions_from(inputs, prices=prices, extra_trades=extra_trades)
+
+
+@dataclass(frozen=True, slots=True)
+class PositionInputs:
+    """What positions are built from, read once: the portfolio's trades delivering from the
+    running quarter on and its sites' scheduled energy (the pre-trade check builds the
+    positions before and after an order from one read)."""
+
+    portfolio: str
+    now: datetime
+    trades: tuple[Trade, ...]
+    scheduled: dict[tuple[str, datetime], Decimal]
+
+
+def load_inputs(
+    portfolio: str, *, now: datetime, trades: TradeSource, dispatch: Dispatch
+) -> PositionInputs:
     first = quarter_start(now)
     found = trades.list_trades(portfolio=portfolio, delivery_from=first - _BLOCK_LEAD)
-    exposure = portfolio_exposure(portfolio, [*found, *extra_trades])
+    return PositionInputs(portfolio, now, tuple(found), dispatch.scheduled(portfolio, first))
+
+
+def positions_from(
+    inputs: PositionInputs, *, prices: PriceSource | None, extra_trades: Iterable[Trade] = ()
+) -> PortfolioPositions:
+    portfolio, now = inputs.portfolio, inputs.now
+    first = quarter_start(now)
+    exposure = portfolio_exposure(portfolio, [*inputs.trades, *extra_trades])
     lines: dict[tuple[str, datetime], list[Decimal]] = {}
     for pos in exposure.positions:
         if pos.delivery.start < first:
             continue
         lines[(pos.market, pos.delivery.start)] = [pos.net_energy_mwh, _ZERO, pos.net_cash_eur]
-    for key, mwh in dispatch.scheduled(portfolio, first).items():
+    for key, mwh in inputs.scheduled.items():
         if key[1] >= first and mwh != 0:
             lines.setdefault(key, [_ZERO, _ZERO, _ZERO])[1] += mwh
     marks = _marks(sorted(lines), prices)

@@ -60,7 +60,15 @@ from .models import (
     VarRequest,
     VarResult,
 )
-from .positions import Dispatch, NoDispatch, PriceSource, TradeSource, build_positions
+from .positions import (
+    Dispatch,
+    NoDispatch,
+    PriceSource,
+    TradeSource,
+    build_positions,
+    load_inputs,
+    positions_from,
+)
 from .store import LimitStore
 from .var import (
     MIN_SCENARIOS,
@@ -472,8 +480,11 @@ class RiskService:
         if limit is None or not limit.hard:
             return None
         fill = _worst_case_fill(order)
-        before = self.positions(order.portfolio)
-        after = self.positions(order.portfolio, extra=(fill,))
+        inputs = load_inputs(
+            order.portfolio, now=self.clock(), trades=self._trades, dispatch=self._dispatch
+        )  # one read of trades and schedules for both sides of the comparison
+        before = positions_from(inputs, prices=self.prices)
+        after = positions_from(inputs, prices=self.prices, extra_trades=(fill,))
         need_var = limit.var_limit_eur is not None and zone_of_market(order.market) is not None
         try:
             var_before = self._limit_var(before) if need_var else None
