@@ -60,11 +60,13 @@ from control_plane.exchange.service import Clock, PreTradeCheck, utc_now
 __all__ = [
     "CommittedEnergy",
     "MemorySiteStates",
+    "QuarterCommitment",
     "SiteState",
     "SiteStates",
     "SocFeasibility",
     "Throttle",
     "checks_from_policy",
+    "site_commitments",
 ]
 
 _ZERO: Final = Decimal(0)
@@ -145,7 +147,7 @@ class Throttle:
 
 
 @dataclass(slots=True)
-class _Quarter:
+class QuarterCommitment:
     filled_mw: Decimal = _ZERO  # signed: BUY +, SELL -
     open_buy_mw: Decimal = _ZERO
     open_sell_mw: Decimal = _ZERO
@@ -155,6 +157,31 @@ class _Quarter:
         if side is Side.BUY:
             return self.filled_mw + self.open_buy_mw
         return self.filled_mw - self.open_sell_mw
+
+
+def site_commitments(
+    committed: CommittedEnergy, *, site: str, start: datetime, end: datetime
+) -> dict[datetime, QuarterCommitment]:
+    """Per quarter start in [start, end) (`start` on a quarter): the site's filled MW (BUY +,
+    SELL -) and its open orders' remaining MW per side, from one read of its orders. The SoC
+    and the grid capacity checks both count committed power this way."""
+    quarters: dict[datetime, QuarterCommitment] = {}
+    moment = start
+    while moment < end:
+        quarters[moment] = QuarterCommitment()
+        moment += timedelta(minutes=QUARTER_MINUTES)
+    for other in committed.site_orders(site=site, delivery_from=start, delivery_to=end):
+        for q in other.delivery.quarters():
+            acc = quarters.get(q.start)
+            if acc is None:
+                continue
+            sign = 1 if other.side is Side.BUY else -1
+            acc.filled_mw += sign * other.filled_mw
+            if other.is_open and other.side is Side.BUY:
+                acc.open_buy_mw += other.remaining_mw
+            elif other.is_open:
+                acc.open_sell_mw += other.remaining_mw
+    return quarters
 
 
 class SocFeasibility:
@@ -268,30 +295,12 @@ class SocFeasibility:
             )
         return None
 
-    def _commitments(self, order: Order, now: datetime) -> dict[datetime, _Quarter]:
+    def _commitments(self, order: Order, now: datetime) -> dict[datetime, QuarterCommitment]:
         """Per quarter start from the running quarter to the order's end: what is committed."""
-        first = _quarter_start(now)
-        last = order.delivery.end
-        quarters: dict[datetime, _Quarter] = {}
-        start = first
-        while start < last:
-            quarters[start] = _Quarter()
-            start += timedelta(minutes=QUARTER_MINUTES)
         assert order.site is not None  # noqa: S101
-        for other in self._committed.site_orders(
-            site=order.site, delivery_from=first, delivery_to=last
-        ):
-            for q in other.delivery.quarters():
-                acc = quarters.get(q.start)
-                if acc is None:
-                    continue
-                sign = 1 if other.side is Side.BUY else -1
-                acc.filled_mw += sign * other.filled_mw
-                if other.is_open and other.side is Side.BUY:
-                    acc.open_buy_mw += other.remaining_mw
-                elif other.is_open:
-                    acc.open_sell_mw += other.remaining_mw
-        return quarters
+        return site_commitments(
+            self._committed, site=order.site, start=_quarter_start(now), end=order.delivery.end
+        )
 
     def _energy(self, net_mw: Decimal) -> Decimal:
         """Stored-energy change (MWh) of one quarter at net power `net_mw` (> 0 charging)."""
@@ -299,7 +308,7 @@ class SocFeasibility:
         return energy * self._eta_c if energy > 0 else energy / self._eta_d
 
     def _power_reason(
-        self, order: Order, state: SiteState, quarters: dict[datetime, _Quarter]
+        self, order: Order, state: SiteState, quarters: dict[datetime, QuarterCommitment]
     ) -> str | None:
         side = order.side
         rating_kw = state.max_charge_kw if side is Side.BUY else state.max_discharge_kw

@@ -24,7 +24,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Final, Protocol
 
-from control_plane.exchange.checks import CommittedEnergy
+from control_plane.exchange.checks import CommittedEnergy, site_commitments
 from control_plane.exchange.models import Order, Side
 
 from .service import ActiveLimit
@@ -56,13 +56,9 @@ class GridCapacity:
         limits = self._grid.limits(site, delivery.start, delivery.end)
         if not limits:
             return None
-        others = [
-            o
-            for o in self._committed.site_orders(
-                site=site, delivery_from=delivery.start, delivery_to=delivery.end
-            )
-            if o.order_id != order.order_id
-        ]
+        quarters = site_commitments(
+            self._committed, site=site, start=delivery.start, end=delivery.end
+        )
         sign = 1 if order.side is Side.BUY else -1
         for quarter in delivery.quarters():
             q_start, q_end = quarter.start, quarter.end
@@ -70,14 +66,7 @@ class GridCapacity:
             if not active:
                 continue
             tightest = min(active, key=lambda a: a.limit_kw)
-            committed = _ZERO
-            for other in others:
-                if not any(q.start == q_start for q in other.delivery.quarters()):
-                    continue
-                other_sign = 1 if other.side is Side.BUY else -1
-                committed += other_sign * other.filled_mw
-                if other.is_open and other.side is order.side:
-                    committed += other_sign * other.remaining_mw
+            committed = quarters[q_start].committed_mw(order.side)
             # in the order's direction, kW
             before_kw = sign * committed * _KILO
             after_kw = before_kw + order.quantity_mw * _KILO
