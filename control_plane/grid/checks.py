@@ -30,7 +30,6 @@ from control_plane.exchange.models import Order, Side
 from .service import ActiveLimit
 
 _KILO: Final = Decimal(1000)
-_ZERO: Final = Decimal(0)
 
 Limits = Callable[[str, datetime, datetime], list[ActiveLimit]]
 

@@ -41,6 +41,7 @@ from typing import Any, Final, NamedTuple
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from control_plane import db
 from control_plane.db import Migration, migrate
 
 from .models import PricePoint, Resolution
@@ -151,6 +152,7 @@ class PriceStore:
         self, engine: Engine, *, priority: Sequence[str] = DEFAULT_SOURCE_PRIORITY
     ) -> None:
         self.engine = engine
+        self._writer = db.for_writes(engine)  # BEGIN IMMEDIATE on SQLite: see db.for_writes
         self.priority = tuple(priority)
 
     def migrate(self) -> list[int]:
@@ -170,7 +172,7 @@ class PriceStore:
         inserted: list[dict[str, Any]] = []
         revised: list[tuple[dict[str, Any], int]] = []
         unchanged = 0
-        with self.engine.begin() as conn:
+        with self._writer.begin() as conn:  # reads, then writes: take the lock first
             current = self._current(conn, batch)
             for key, p in batch.items():
                 values = dict(zip(_KEY, key, strict=True))
